@@ -1,0 +1,1 @@
+"""voicebot: real-time voice agents for ACS phone calls, built on pipecat."""
