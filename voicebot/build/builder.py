@@ -1,0 +1,85 @@
+"""PipelineSpec → pipecat objects, once per call.
+
+Every call gets fresh processor instances; only what factories take from
+:class:`~voicebot.services.resources.SharedResources` is shared between calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pipecat.observers.base_observer import BaseObserver
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.frame_processor import FrameProcessor
+
+from voicebot.build.context import BuildContext, Built
+from voicebot.build.loader import PipelineSpec
+from voicebot.build.registry import as_built
+
+#: How long cancelling a call's pipeline may take before its tasks are cancelled hard, in s.
+CANCEL_TIMEOUT_SECS = 1.5
+
+
+def build_processors(spec: PipelineSpec, context: BuildContext) -> Built:
+    """Instantiate every step of ``spec`` for one call, in order."""
+    out = Built([])
+    for step in spec.steps:
+        built = as_built(step.provider.factory(step.params, context))
+        out.processors.extend(built.processors)
+        out.tail.extend(built.tail)
+    return out
+
+
+def build_pipeline(
+    spec: PipelineSpec,
+    context: BuildContext,
+    *,
+    input: FrameProcessor | None = None,
+    output: FrameProcessor | None = None,
+) -> Pipeline:
+    """``input → processors → output → tail`` as one pipecat :class:`Pipeline`.
+
+    ``input``/``output`` are the call's transport processors (or a test's source and sink).
+    """
+    built = build_processors(spec, context)
+    chain: list[FrameProcessor] = []
+    if input is not None:
+        chain.append(input)
+    chain.extend(built.processors)
+    if output is not None:
+        chain.append(output)
+    chain.extend(built.tail)
+    return Pipeline(chain)
+
+
+def build_worker(
+    spec: PipelineSpec,
+    pipeline: Pipeline,
+    *,
+    call_id: str,
+    observers: Sequence[BaseObserver] = (),
+    enable_metrics: bool = True,
+) -> PipelineWorker:
+    """A :class:`PipelineWorker` set up for a phone call.
+
+    No RTVI (there is no RTVI client on a phone line); idle handling from the pipeline's
+    ``call:`` section: with no speech from either side for ``idle_timeout_secs`` the call ends.
+    """
+    return PipelineWorker(
+        pipeline,
+        params=PipelineParams(
+            audio_in_sample_rate=spec.audio.in_rate,
+            audio_out_sample_rate=spec.audio.out_rate,
+            enable_metrics=enable_metrics,
+        ),
+        enable_rtvi=False,
+        enable_turn_tracking=False,
+        conversation_id=call_id,
+        idle_timeout_secs=spec.call.idle_timeout_secs,
+        cancel_on_idle_timeout=spec.call.idle_timeout_secs is not None,
+        cancel_runner_on_idle_timeout=False,
+        cancel_timeout_secs=CANCEL_TIMEOUT_SECS,
+        observers=list(observers),
+        name=f"call-{call_id}",
+    )

@@ -1,0 +1,42 @@
+"""Wraps an LLM service into a conversation: user turns in, replies out, context kept.
+
+``llm`` in pipeline YAML becomes ``user aggregator → LLM service`` at its place and the assistant
+aggregator after the transport output, so the context records what was actually played.
+"""
+
+from __future__ import annotations
+
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import (
+    LLMContextAggregatorPair,
+    LLMUserAggregatorParams,
+)
+from pipecat.services.llm_service import LLMService
+from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
+from pipecat.turns.user_turn_strategies import UserTurnStrategies
+from pydantic import BaseModel, ConfigDict, Field
+
+from voicebot.build.context import Built
+
+
+class ConversationParams(BaseModel):
+    """Settings of the conversation around any LLM provider."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    system_prompt: str = "You are a helpful voice assistant on a phone call. Answer briefly."
+    user_speech_timeout_ms: float = Field(default=200.0, ge=0)
+    """After the caller stops speaking (VAD), wait this long for more speech before the turn ends.
+    Replaces pipecat's default smart-turn model, which costs a model per call."""
+
+
+def conversation(llm: LLMService, params: ConversationParams) -> Built:
+    """``[user aggregator, llm]`` in place, the assistant aggregator in the tail."""
+    context = LLMContext(messages=[{"role": "system", "content": params.system_prompt}])
+    strategies = UserTurnStrategies(
+        stop=[SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=params.user_speech_timeout_ms / 1000)]
+    )
+    pair = LLMContextAggregatorPair(
+        context, user_params=LLMUserAggregatorParams(user_turn_strategies=strategies)
+    )
+    return Built([pair.user(), llm], tail=[pair.assistant()])
