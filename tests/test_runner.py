@@ -34,6 +34,10 @@ registry = Registry()
 class HangsOnCleanup(FrameProcessor):
     """Like an SDK stuck on a dead endpoint: cleanup never returns on its own."""
 
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        await self.push_frame(frame, direction)
+
     async def cleanup(self) -> None:
         await super().cleanup()
         await asyncio.sleep(3600)
@@ -44,7 +48,7 @@ class FailsOnAudio(FrameProcessor):
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
         if isinstance(frame, OutputAudioRawFrame):
-            await self.push_error("the service is gone", fatal=True)
+            await self.push_error("the service is gone", force_treat_as_permanent=True)
         await self.push_frame(frame, direction)
 
 

@@ -104,6 +104,7 @@ class CallRunner:
         self._end_timeout = end_timeout_secs
         self._worker: PipelineWorker | None = None
         self._task: asyncio.Task[None] | None = None
+        self._tasks: TaskManager | None = None
         self._started = asyncio.Event()
         self._outcome: CallOutcome | None = None
         self.error: str | None = None
@@ -135,11 +136,12 @@ class CallRunner:
         try:
             self._active._add(self)
             self._worker = self._build()
+            self._tasks = TaskManager(loop=asyncio.get_running_loop())
             runner = WorkerRunner(
                 handle_sigint=False,
                 handle_sigterm=False,
                 check_dangling_tasks=False,
-                task_manager=TaskManager(loop=asyncio.get_running_loop()),
+                task_manager=self._tasks,
             )
             await runner.add_workers(self._worker)
             self._task = asyncio.create_task(runner.run(), name=f"call-{self.call_id}")
@@ -151,9 +153,14 @@ class CallRunner:
                 logger.info(f"call {self.call_id}: reached max duration of {max_duration} s")
                 await self._stop(graceful=False)
             except asyncio.CancelledError:
-                self._set_outcome(CallOutcome.CANCELLED)
-                await self._stop(graceful=False)
-                raise
+                current = asyncio.current_task()
+                if current is None or not current.cancelling():
+                    # The pipeline's own task was cancelled (by _stop): the call is over.
+                    self._set_outcome(CallOutcome.CANCELLED)
+                else:
+                    self._set_outcome(CallOutcome.CANCELLED)
+                    await self._stop(graceful=False)
+                    raise
         except Exception as exc:
             self._set_outcome(CallOutcome.ERROR)
             self.error = f"{type(exc).__name__}: {exc}"
@@ -201,9 +208,12 @@ class CallRunner:
 
         @worker.event_handler("on_pipeline_error")
         async def _error(_worker: PipelineWorker, frame: ErrorFrame) -> None:
-            if frame.fatal:
+            unusable = frame.processor is not None and not frame.processor.is_usable
+            if frame.fatal or unusable:
+                # The worker ends the call (processor_unusable_policy); record why.
                 self._set_outcome(CallOutcome.ERROR)
                 self.error = frame.error
+                logger.error(f"call {self.call_id}: {frame.processor}: {frame.error}")
 
         @worker.event_handler("on_pipeline_finished")
         async def _finished(_worker: PipelineWorker, frame: Frame) -> None:
@@ -219,24 +229,33 @@ class CallRunner:
             self._outcome = outcome
 
     async def _stop(self, *, graceful: bool, reason: str = "") -> None:
-        """Ask the pipeline to stop, then make sure its task is gone within the bound."""
+        """Ask the pipeline to stop, then make sure its task is gone within ``end_timeout_secs``.
+
+        The pipeline gets 70 % of the budget to stop by itself (an EndFrame lets queued audio
+        play; a cancel skips it); then its task is cancelled outright.
+        """
         task, worker = self._task, self._worker
         if task is None or task.done():
             return
-        deadline = asyncio.get_running_loop().time() + self._end_timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._end_timeout
+        soft_budget = self._end_timeout * 0.7
         if worker is not None:
             with contextlib.suppress(Exception):
                 if graceful:
                     await worker.queue_frame(EndFrame(reason=reason or None))
                 else:
-                    await asyncio.wait_for(
-                        worker.cancel(reason=reason or None), self._end_timeout / 2
-                    )
-        remaining = max(0.0, deadline - asyncio.get_running_loop().time())
-        done, _ = await asyncio.wait({task}, timeout=remaining)
-        if not done:
-            if graceful:
-                logger.warning(f"call {self.call_id}: did not end in time, cancelling")
+                    await asyncio.wait_for(worker.cancel(reason=reason or None), soft_budget)
+        await asyncio.wait({task}, timeout=max(0.0, deadline - self._end_timeout + soft_budget - loop.time()))
+        if task.done():
+            return
+        logger.warning(f"call {self.call_id}: pipeline did not stop in time, cancelling its tasks")
+        # pipecat's runner absorbs one cancellation to clean up, and a processor's cleanup may
+        # hang (a dead SDK endpoint): cancel the call's tasks until they are all gone.
+        while not task.done() and loop.time() < deadline:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(task, 0.25)
+            for owned in self._tasks.current_tasks() if self._tasks else ():
+                owned.cancel()
+            await asyncio.wait({task}, timeout=min(0.05, max(0.0, deadline - loop.time())))
+        if not task.done():
+            logger.error(f"call {self.call_id}: pipeline task ignores cancellation")

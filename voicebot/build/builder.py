@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from pipecat.observers.base_observer import BaseObserver
 from pipecat.pipeline.pipeline import Pipeline
-from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker, ProcessorUnusablePolicy
 from pipecat.processors.frame_processor import FrameProcessor
 
 from voicebot.build.context import BuildContext, Built
@@ -65,6 +65,8 @@ def build_worker(
 
     No RTVI (there is no RTVI client on a phone line); idle handling from the pipeline's
     ``call:`` section: with no speech from either side for ``idle_timeout_secs`` the call ends.
+    A processor that can no longer work (e.g. a rejected API key) ends the call gracefully, so
+    what is already queued (an apology) still plays.
     """
     return PipelineWorker(
         pipeline,
@@ -80,6 +82,7 @@ def build_worker(
         cancel_on_idle_timeout=spec.call.idle_timeout_secs is not None,
         cancel_runner_on_idle_timeout=False,
         cancel_timeout_secs=CANCEL_TIMEOUT_SECS,
+        processor_unusable_policy=ProcessorUnusablePolicy.END,
         observers=list(observers),
         name=f"call-{call_id}",
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -157,22 +158,35 @@ def default_registry() -> Registry:
 
 
 def params_from_signature(cls: type) -> type[BaseModel]:
-    """A pydantic model of ``cls.__init__``'s keyword parameters (unknown keys rejected).
+    """A pydantic model of the keyword parameters of ``cls``'s own ``__init__``.
 
-    ``*args``/``**kwargs`` are left out: they are pipecat's pass-through arguments, not config.
+    Only an ``__init__`` written outside pipecat counts (pipecat's base-class arguments such as
+    ``name`` or ``metrics`` are not pipeline config); ``*args``/``**kwargs`` are left out.
+    Unknown keys are rejected.
     """
+    init = next(
+        (
+            klass.__dict__["__init__"]
+            for klass in cls.__mro__
+            if "__init__" in klass.__dict__ and not klass.__module__.startswith("pipecat")
+        ),
+        None,
+    )
     fields: dict[str, Any] = {}
-    for pname, param in inspect.signature(cls.__init__).parameters.items():
-        if pname == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            continue
-        annotation = Any if param.annotation is param.empty else param.annotation
-        default = ... if param.default is param.empty else param.default
-        fields[pname] = (annotation, default)
+    if init is not None and init is not object.__init__:
+        try:
+            hints = typing.get_type_hints(init)
+        except Exception:  # an annotation that cannot be resolved is taken as Any
+            hints = {}
+        for pname, param in inspect.signature(init).parameters.items():
+            if pname == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                continue
+            default = ... if param.default is param.empty else param.default
+            fields[pname] = (hints.get(pname, Any), default)
     config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
     model: type[BaseModel] = create_model(  # type: ignore[call-overload]
         f"{cls.__name__}Params", __config__=config, **fields
     )
-    model.model_rebuild(_types_namespace=vars(inspect.getmodule(cls)))
     return model
 
 
@@ -298,8 +312,3 @@ def as_built(result: FactoryResult) -> Built:
     if isinstance(result, FrameProcessor):
         return Built([result])
     return Built(list(result))
-
-
-def provider_names(spec: ProcessorSpec) -> Mapping[str, Provider]:
-    """The providers of ``spec`` (for listings and hints)."""
-    return spec.providers
