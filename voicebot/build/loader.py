@@ -134,10 +134,8 @@ def check_pipeline(
         return None, problems
 
     raw_processors = data.get("processors")
-    top = dict(data)
-    top["processors"] = raw_processors if isinstance(raw_processors, list) else raw_processors
     try:
-        shape = PipelineFile.model_validate(top)
+        shape = PipelineFile.model_validate(data)
     except ValidationError as exc:
         problems.extend(pydantic_problems(exc, locations, (), PipelineFile))
         shape = None
@@ -323,13 +321,14 @@ def pydantic_problems(
         kind = err["type"]
         value: object
         if kind == "extra_forbidden":
-            message, value = "unknown param", loc[-1] if loc else NO_VALUE
+            message, value = "unknown key", loc[-1] if loc else NO_VALUE
             fields = _fields_at(model, loc[:-1])
             close = difflib.get_close_matches(str(value), fields, n=1)
             hint = f"did you mean {close[0]}? " if close else ""
-            hint += f"known params: {', '.join(fields)}" if fields else "remove it"
+            hint += f"known keys: {', '.join(fields)}" if fields else "remove it"
         elif kind == "missing":
-            message, hint, value = "required param is missing", "add it", NO_VALUE
+            message, value = "required key is missing", NO_VALUE
+            hint = f"add `{loc[-1]}:`" if loc else "add it"
         else:
             message, value = err["msg"].lower(), err.get("input", NO_VALUE)
             hint = _TYPE_HINTS.get(kind, "")
@@ -357,4 +356,7 @@ _TYPE_HINTS = {
     "bool_parsing": "expected true or false",
     "string_type": "expected a string",
     "literal_error": "use one of the allowed values",
+    "list_type": "expected a list: one `- item` per line",
+    "dict_type": "expected a mapping: `key: value` lines",
+    "too_short": "add at least one item",
 }
