@@ -68,17 +68,30 @@ class PipelineSpec:
                 return step
         raise KeyError(f"pipeline {self.name!r} has no processor {name!r}")
 
-    def with_provider(self, name: str, provider: str, params: BaseModel | Mapping[str, Any]) -> PipelineSpec:
-        """A copy with processor ``name`` switched to another provider (e.g. ``fake`` in tests)."""
+    def with_provider(
+        self, name: str, provider: str, params: BaseModel | Mapping[str, Any]
+    ) -> PipelineSpec:
+        """A copy with processor ``name`` switched to ``provider`` (e.g. ``fake`` in tests).
+
+        ``params`` may be the provider's params model, another model with a subset of its
+        fields, or a mapping. When the step already uses that provider, what ``params`` does not
+        set keeps the value from the file.
+        """
+        if name not in {step.name for step in self.steps}:
+            raise KeyError(f"pipeline {self.name!r} has no processor {name!r}")
         steps = []
         for step in self.steps:
             if step.name == name:
                 prov = step.spec.providers[provider]
-                values = params if isinstance(params, prov.params) else prov.params.model_validate(params)
-                step = replace(step, provider=prov, params=values)
+                given = (
+                    params.model_dump(exclude_unset=True)
+                    if isinstance(params, BaseModel)
+                    else dict(params)
+                )
+                values = step.params.model_dump(exclude_unset=True) if step.provider is prov else {}
+                values.update(given)
+                step = replace(step, provider=prov, params=prov.params.model_validate(values))
             steps.append(step)
-        if steps == self.steps and name not in {s.name for s in self.steps}:
-            raise KeyError(f"pipeline {self.name!r} has no processor {name!r}")
         return replace(self, steps=steps)
 
 

@@ -42,6 +42,7 @@ from pipecat.frames.frames import (
     TranscriptionFrame,
 )
 from pipecat.observers.base_observer import BaseObserver, FramePushed
+from pipecat.processors.frame_processor import FrameDirection
 from pydantic import BaseModel
 
 from voicebot.build.loader import PipelineSpec, load_pipeline
@@ -131,13 +132,13 @@ class CallHarness:
             await self._stack.enter_async_context(no_leaked_tasks())
         if self._virtual:
             await self._stack.enter_async_context(virtual_time())
+        self._sink.restart_clock()
         self._task = asyncio.create_task(self._call.run(), name=f"harness-{self._call.call_id}")
         try:
             await self._call.wait_started(timeout=WAIT_TIMEOUT_SECS)
         except BaseException:
             await self.close()
             raise
-        self._sink.restart_clock()
         return self
 
     async def __aexit__(
@@ -171,7 +172,7 @@ class CallHarness:
 
     @property
     def now(self) -> float:
-        """Seconds since the pipeline started."""
+        """Seconds since the harness started the call."""
         return asyncio.get_running_loop().time() - self._sink.t0
 
     # -- feeding -------------------------------------------------------------------------------
@@ -249,9 +250,19 @@ class CallHarness:
         """Frames first pushed by processors whose name starts with ``processor_name``."""
         return [r for r, source in self._observer.records if source.startswith(processor_name)]
 
-    def of_type(self, frame_type: type[F]) -> list[F]:
-        """Frames of ``frame_type`` pushed anywhere, in order."""
-        return [r.frame for r in self.frames if isinstance(r.frame, frame_type)]
+    def of_type(
+        self, frame_type: type[F], *, direction: FrameDirection = FrameDirection.DOWNSTREAM
+    ) -> list[F]:
+        """Frames of ``frame_type`` pushed anywhere in ``direction``, in order.
+
+        pipecat broadcasts some frames (VAD, interruptions) both ways; each copy is a frame of its
+        own, so asking for one direction counts each event once.
+        """
+        return [
+            r.frame
+            for r in self.frames
+            if isinstance(r.frame, frame_type) and r.direction == direction
+        ]
 
     @property
     def transcripts(self) -> list[str]:
