@@ -7,13 +7,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from voicebot.build.loader import check_pipeline
-from voicebot.build.registry import default_registry
 from voicebot.logs import configure_logging
+
+# pipecat and the services are imported inside the commands, after logging is set up.
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check pipeline files; print every problem; exit 1 if there is any."""
+    from voicebot.build.loader import check_pipeline
+
     total = 0
     for file in args.files:
         _, problems = check_pipeline(file)
@@ -30,6 +32,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_processors(args: argparse.Namespace) -> int:
     """List the processors YAML can name, with their providers and frame kinds."""
+    from voicebot.build.registry import default_registry
+
     registry = default_registry()
     for name in registry.names():
         spec = registry.get(name)

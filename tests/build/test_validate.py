@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -10,22 +11,22 @@ from pathlib import Path
 import pytest
 
 from voicebot.build.loader import check_pipeline
-from voicebot.cli import main
 
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_broken_pipeline_lists_all_four_problems(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("VOICEBOT_TEST_UNSET_GAIN", raising=False)
-    monkeypatch.setenv("VOICEBOT_TRANSPORTS_DIR", str(REPO / "transports"))
-    monkeypatch.chdir(DATA)
-    assert main(["validate", "broken.yaml"]) == 1
-    out, err = capsys.readouterr()
-    assert out == (DATA / "broken.expected").read_text()
-    assert "4 problems found." in err
+def test_broken_pipeline_lists_all_four_problems() -> None:
+    # A fresh process: the registry holds voicebot's processors only, as for a user.
+    env = {k: v for k, v in os.environ.items() if k != "VOICEBOT_TEST_UNSET_GAIN"}
+    env["VOICEBOT_TRANSPORTS_DIR"] = str(REPO / "transports")
+    result = subprocess.run(
+        [sys.executable, "-m", "voicebot.cli", "validate", "broken.yaml"],
+        cwd=DATA, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stdout == (DATA / "broken.expected").read_text()
+    assert "4 problems found." in result.stderr
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "pipelines").glob("*.yaml")), ids=lambda p: p.name)

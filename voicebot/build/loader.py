@@ -15,7 +15,9 @@ value and a hint:
 from __future__ import annotations
 
 import difflib
+import importlib
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -165,6 +167,7 @@ def check_pipeline(
                     f"use one of {transport.rates}",
                 ))
 
+    _import_modules(data.get("imports"), file, locations, problems)
     steps: list[Step] = []
     if isinstance(raw_processors, list):
         for index, entry in enumerate(raw_processors):
@@ -178,6 +181,31 @@ def check_pipeline(
     if problems or shape is None or transport is None:
         return None, problems
     return PipelineSpec(shape.name, file, transport, shape.audio, shape.call, steps, env), []
+
+
+def _import_modules(
+    modules: object, file: Path, locations: Locations, problems: list[Problem]
+) -> None:
+    """Import ``imports:`` modules, looking in the pipeline file's folder first."""
+    if not isinstance(modules, list):
+        return
+    folder = str(file.resolve().parent)
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        for index, name in enumerate(modules):
+            try:
+                importlib.import_module(str(name))
+            except Exception as exc:
+                problems.append(Problem(
+                    file, locations.line(("imports", index)), f"imports[{index}]", name,
+                    f"cannot import module: {type(exc).__name__}: {exc}",
+                    f"put {name}.py next to the pipeline file, or install it",
+                ))
+    finally:
+        if added:
+            sys.path.remove(folder)
 
 
 def _load_transport(

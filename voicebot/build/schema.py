@@ -6,6 +6,7 @@ A pipeline file::
     transport: acs                      # → transports/acs.yaml
     audio: {in_rate: 16000, out_rate: 16000}
     call: {idle_timeout_secs: 120}
+    imports: [redactor]                 # redactor.py next to this file registers `redactor`
     processors:                         # ordered, each a one-key mapping: name → params
       - vad: {provider: silero, stop_secs: 0.2}
       - stt: {provider: local}
@@ -51,6 +52,9 @@ class PipelineFile(_Strict):
     transport: str = Field(min_length=1)
     audio: AudioSpec = AudioSpec()
     call: CallSpec = CallSpec()
+    imports: list[str] = []
+    """Python modules to import before processors are looked up (their ``@processor``
+    decorators register short names). The pipeline file's folder is searched first."""
     processors: list[dict[str, Any] | str] = Field(min_length=1)
 
 

@@ -5,8 +5,10 @@ to lines, so later checks (pydantic, the registry) can point at the exact line o
 
 Environment substitution applies to string scalars only: ``${VAR}`` must be set,
 ``${VAR:-default}`` falls back to ``default`` when ``VAR`` is unset or empty, and ``$${`` is a
-literal ``${``. A scalar that is exactly one ``${...}`` reference is re-read as YAML after
-substitution, so ``stop_secs: ${VAD_STOP:-0.2}`` gives the float 0.2, not the string "0.2".
+literal ``${``. Substituted values stay strings; the params models convert them, so
+``stop_secs: ${VAD_STOP:-0.2}`` gives 0.2 and ``enabled: ${FLAG:-false}`` gives False.
+A reference that is a whole value may stand unquoted even inside ``{...}`` or ``[...]``
+(``{deployment: ${DEPLOYMENT:-gpt-4o-mini}}``), where YAML itself would not allow the braces.
 """
 
 from __future__ import annotations
@@ -25,7 +27,12 @@ from voicebot.build.problems import NO_VALUE, Problem
 KeyPath = tuple[str | int, ...]
 
 _VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_WHOLE_VAR = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}]*)?\}$")
+# An unquoted ${...} that is a whole value: after "key: ", "- ", "[" or "{" or ",", and followed by
+# the end of the value. Quoting it lets YAML parse it in flow collections; lines do not move.
+_BARE_VAR = re.compile(
+    r"(?<=[:\[{,-] )(\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}\n]*)?\})(?=[ \t]*(?:[,}\]]|#|$))",
+    re.MULTILINE,
+)
 
 
 @dataclass
@@ -129,11 +136,6 @@ class _Builder:
                     f"set {name}, or give a default: ${{{name}:-value}}",
                 )
             )
-        if _WHOLE_VAR.match(node.value) and not node.style:
-            try:
-                return yaml.safe_load(text) if text else ""
-            except yaml.YAMLError:
-                return text
         return text
 
 
@@ -145,7 +147,7 @@ def load_yaml(
     A syntax error yields ``data=None`` and one problem at the error's line.
     """
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(_BARE_VAR.sub(r'"\1"', text), Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
