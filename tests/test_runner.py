@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pipecat.frames.frames import ErrorFrame, Frame, InputAudioRawFrame, OutputAudioRawFrame
+from pipecat.frames.frames import Frame, InputAudioRawFrame, OutputAudioRawFrame
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from voicebot.build.loader import load_pipeline
@@ -70,7 +70,9 @@ def audio() -> InputAudioRawFrame:
 
 
 @pytest.fixture
-def make_call(pipeline_file: Callable[[str], Path]) -> Callable[..., tuple[CallRunner, FrameRecorder]]:
+def make_call(
+    pipeline_file: Callable[[str], Path],
+) -> Callable[..., tuple[CallRunner, FrameRecorder]]:
     def make(
         *, extra: str = "", idle: str = "null", max: str = "null", active: ActiveCalls | None = None
     ) -> tuple[CallRunner, FrameRecorder]:

@@ -67,14 +67,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     call = sub.add_parser("call", help="place one simulated call and print the conversation")
     call.add_argument("--pipeline", type=Path, default=Path("pipelines/demo.yaml"))
-    call.add_argument("--audio", type=Path, action="append", default=[],
-                      help="a caller turn as a WAV file (repeat for several turns)")
-    call.add_argument("--pause", type=float, default=2.5,
-                      help="seconds of caller silence after each turn (default 2.5)")
+    call.add_argument(
+        "--audio",
+        type=Path,
+        action="append",
+        default=[],
+        help="a caller turn as a WAV file (repeat for several turns)",
+    )
+    call.add_argument(
+        "--pause",
+        type=float,
+        default=2.5,
+        help="seconds of caller silence after each turn (default 2.5)",
+    )
     call.add_argument("--out", type=Path, help="write the bot's audio to this WAV file")
     call.add_argument("--json", action="store_true", help="print the result as JSON")
-    call.add_argument("--fast", action="store_true",
-                      help="run on a virtual clock instead of in real time")
+    call.add_argument(
+        "--fast", action="store_true", help="run on a virtual clock instead of in real time"
+    )
     call.set_defaults(func=cmd_call)
     return parser
 

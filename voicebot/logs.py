@@ -20,7 +20,9 @@ def configure_logging(level: str | None = None) -> None:
         sys.stderr,
         level=chosen,
         format="{time:HH:mm:ss.SSS} {level: <7} {name}: {message}",
-        filter=lambda record: chosen == "DEBUG"
-        or not record["name"].startswith("pipecat")
-        or record["level"].no >= logger.level("WARNING").no,
+        filter=lambda record: (
+            chosen == "DEBUG"
+            or not record["name"].startswith("pipecat")
+            or record["level"].no >= logger.level("WARNING").no
+        ),
     )

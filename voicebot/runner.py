@@ -246,7 +246,8 @@ class CallRunner:
                     await worker.queue_frame(EndFrame(reason=reason or None))
                 else:
                     await asyncio.wait_for(worker.cancel(reason=reason or None), soft_budget)
-        await asyncio.wait({task}, timeout=max(0.0, deadline - self._end_timeout + soft_budget - loop.time()))
+        soft_deadline = deadline - self._end_timeout + soft_budget
+        await asyncio.wait({task}, timeout=max(0.0, soft_deadline - loop.time()))
         if task.done():
             return
         logger.warning(f"call {self.call_id}: pipeline did not stop in time, cancelling its tasks")

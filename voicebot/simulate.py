@@ -109,8 +109,9 @@ async def simulate(
     out: Path | None = None,
 ) -> CallReport:
     """Run one call through ``pipeline`` with ``audio`` as the caller's turns."""
-    async with CallHarness(pipeline, virtual_clock=fast, check_tasks=False,
-                           call_id="simulated-call") as call:
+    async with CallHarness(
+        pipeline, virtual_clock=fast, check_tasks=False, call_id="simulated-call"
+    ) as call:
         rate = call.rate
         marks: list[tuple[float, float]] = []  # (turn start, end of speech) in call time
         for wav in audio:
@@ -130,15 +131,19 @@ async def simulate(
             r.frame.text for r in window if isinstance(r.frame, TranscriptionFrame)
         )
         first_audio = next(
-            (r.at for r in call.output
-             if isinstance(r.frame, OutputAudioRawFrame) and speech_end <= r.at < end),
+            (
+                r.at
+                for r in call.output
+                if isinstance(r.frame, OutputAudioRawFrame) and speech_end <= r.at < end
+            ),
             None,
         )
         latency = None if first_audio is None else round((first_audio - speech_end) * 1000, 1)
         report.turns.append(Turn(user_text, None, _replies(window), latency))
     if out is not None:
-        write_wav(out, bot_audio_timeline(call.output, call.spec.audio.out_rate),
-                  call.spec.audio.out_rate)
+        write_wav(
+            out, bot_audio_timeline(call.output, call.spec.audio.out_rate), call.spec.audio.out_rate
+        )
     return report
 
 

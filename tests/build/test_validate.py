@@ -22,7 +22,11 @@ def test_broken_pipeline_lists_all_four_problems() -> None:
     env["VOICEBOT_TRANSPORTS_DIR"] = str(REPO / "transports")
     result = subprocess.run(
         [sys.executable, "-m", "voicebot.cli", "validate", "broken.yaml"],
-        cwd=DATA, env=env, capture_output=True, text=True, timeout=60,
+        cwd=DATA,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     assert result.stdout == (DATA / "broken.expected").read_text()
@@ -39,14 +43,18 @@ def test_shipped_pipelines_validate(path: Path) -> None:
 def test_cli_entry_point_exit_codes() -> None:
     ok = subprocess.run(
         [sys.executable, "-m", "voicebot.cli", "validate", str(REPO / "pipelines" / "echo.yaml")],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert ok.returncode == 0, ok.stderr
     assert "ok" in ok.stdout
 
 
 def test_set_env_value_is_typed(pipeline_file: Callable[[str], Path]) -> None:
-    path = pipeline_file("name: p\ntransport: acs\nprocessors:\n  - vad:\n      stop_secs: ${STOP:-0.35}\n  - echo\n")
+    path = pipeline_file(
+        "name: p\ntransport: acs\nprocessors:\n  - vad:\n      stop_secs: ${STOP:-0.35}\n  - echo\n"
+    )
     spec, problems = check_pipeline(path, env={})
     assert problems == [] and spec is not None
     assert spec.step("vad").params.stop_secs == 0.35  # type: ignore[attr-defined]
@@ -57,21 +65,49 @@ def test_set_env_value_is_typed(pipeline_file: Callable[[str], Path]) -> None:
 @pytest.mark.parametrize(
     ("yaml_text", "line", "message"),
     [
-        ("name: p\ntransport: acs\nprocessors:\n  - tts: {provider: fake}\n", 4,
-         "tts consumes text but nothing before it produces that"),
-        ("name: p\ntransport: acs\nprocessors:\n  - vad: {}\n", 4,
-         "transport 'acs' sends audio_out but no processor produces it"),
-        ("name: p\ntransport: nowhere\nprocessors:\n  - echo\n", 2, "no transport profile 'nowhere'"),
-        ("name: p\ntransport: acs\naudio: {in_rate: 8000}\nprocessors:\n  - echo\n", 3,
-         "does not carry 8000 Hz audio"),
-        ("name: p\ntransport: acs\nprocessors:\n  - stt: {language: en-US}\n", 4, "stt needs a provider"),
-        ("name: p\ntransport: acs\nprocessors:\n  - stt: {provider: watson}\n", 4,
-         "unknown provider for stt"),
+        (
+            "name: p\ntransport: acs\nprocessors:\n  - tts: {provider: fake}\n",
+            4,
+            "tts consumes text but nothing before it produces that",
+        ),
+        (
+            "name: p\ntransport: acs\nprocessors:\n  - vad: {}\n",
+            4,
+            "transport 'acs' sends audio_out but no processor produces it",
+        ),
+        (
+            "name: p\ntransport: nowhere\nprocessors:\n  - echo\n",
+            2,
+            "no transport profile 'nowhere'",
+        ),
+        (
+            "name: p\ntransport: acs\naudio: {in_rate: 8000}\nprocessors:\n  - echo\n",
+            3,
+            "does not carry 8000 Hz audio",
+        ),
+        (
+            "name: p\ntransport: acs\nprocessors:\n  - stt: {language: en-US}\n",
+            4,
+            "stt needs a provider",
+        ),
+        (
+            "name: p\ntransport: acs\nprocessors:\n  - stt: {provider: watson}\n",
+            4,
+            "unknown provider for stt",
+        ),
         ("name: p\ntransport: acs\nprocessors:\n  - echo\n  - echo\nname: q\n", 6, "duplicate key"),
         ("name: p\ntransport: acs\nprocessors:\n  - echo: [1\n", 5, "YAML syntax error"),
         ("name: p\ntransport: acs\nprocesors:\n  - echo\n", 3, "unknown key"),
-        ("name: p\ntransport: acs\nprocessors:\n  - voicebot.nosuch:Thing\n", 4, "cannot import module"),
-        ("name: p\ntransport: acs\nprocessors:\n  - pathlib:Path\n", 4, "is not a FrameProcessor class"),
+        (
+            "name: p\ntransport: acs\nprocessors:\n  - voicebot.nosuch:Thing\n",
+            4,
+            "cannot import module",
+        ),
+        (
+            "name: p\ntransport: acs\nprocessors:\n  - pathlib:Path\n",
+            4,
+            "is not a FrameProcessor class",
+        ),
     ],
 )
 def test_each_layer_reports_with_a_line(

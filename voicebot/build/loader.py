@@ -144,8 +144,16 @@ def check_pipeline(
     if data is None:
         return None, problems
     if not isinstance(data, dict):
-        problems.append(Problem(file, 1, "", NO_VALUE, "a pipeline file must be a mapping",
-                                "start with `name:`, `transport:` and `processors:`"))
+        problems.append(
+            Problem(
+                file,
+                1,
+                "",
+                NO_VALUE,
+                "a pipeline file must be a mapping",
+                "start with `name:`, `transport:` and `processors:`",
+            )
+        )
         return None, problems
 
     raw_processors = data.get("processors")
@@ -161,11 +169,16 @@ def check_pipeline(
         for key in ("in_rate", "out_rate"):
             rate = getattr(audio, key)
             if rate not in transport.rates:
-                problems.append(Problem(
-                    file, locations.line(("audio", key)), f"audio.{key}", rate,
-                    f"transport {transport.name!r} does not carry {rate} Hz audio",
-                    f"use one of {transport.rates}",
-                ))
+                problems.append(
+                    Problem(
+                        file,
+                        locations.line(("audio", key)),
+                        f"audio.{key}",
+                        rate,
+                        f"transport {transport.name!r} does not carry {rate} Hz audio",
+                        f"use one of {transport.rates}",
+                    )
+                )
 
     _import_modules(data.get("imports"), file, locations, problems)
     steps: list[Step] = []
@@ -198,11 +211,16 @@ def _import_modules(
             try:
                 importlib.import_module(str(name))
             except Exception as exc:
-                problems.append(Problem(
-                    file, locations.line(("imports", index)), f"imports[{index}]", name,
-                    f"cannot import module: {type(exc).__name__}: {exc}",
-                    f"put {name}.py next to the pipeline file, or install it",
-                ))
+                problems.append(
+                    Problem(
+                        file,
+                        locations.line(("imports", index)),
+                        f"imports[{index}]",
+                        name,
+                        f"cannot import module: {type(exc).__name__}: {exc}",
+                        f"put {name}.py next to the pipeline file, or install it",
+                    )
+                )
     finally:
         if added:
             sys.path.remove(folder)
@@ -221,11 +239,17 @@ def _load_transport(
     profile_path = find_transport(name, file)
     line = locations.line(("transport",))
     if profile_path is None:
-        problems.append(Problem(
-            file, line, "transport", name, f"no transport profile {name!r}",
-            f"create transports/{name}.yaml next to or above the pipeline's folder, "
-            f"or set {TRANSPORTS_DIR_ENV}",
-        ))
+        problems.append(
+            Problem(
+                file,
+                line,
+                "transport",
+                name,
+                f"no transport profile {name!r}",
+                f"create transports/{name}.yaml next to or above the pipeline's folder, "
+                f"or set {TRANSPORTS_DIR_ENV}",
+            )
+        )
         return None
     pdata, plocs, pproblems = load_yaml(profile_path.read_text(encoding="utf-8"), profile_path, env)
     problems.extend(pproblems)
@@ -248,17 +272,23 @@ def _resolve_step(
     file = locations.file
     base: KeyPath = ("processors", index)
     line = locations.line(base)
+    raw: object
     if isinstance(entry, str):
         name, raw = entry, {}
     elif isinstance(entry, dict) and len(entry) == 1:
         name, raw = next(iter(entry.items()))
         raw = {} if raw is None else raw
     else:
-        problems.append(Problem(
-            file, line, format_path(base), entry,
-            "a processor entry is one name, or one mapping name → params",
-            "write `- stt: {provider: local}` or `- echo`",
-        ))
+        problems.append(
+            Problem(
+                file,
+                line,
+                format_path(base),
+                entry,
+                "a processor entry is one name, or one mapping name → params",
+                "write `- stt: {provider: local}` or `- echo`",
+            )
+        )
         return None
     path: KeyPath = (*base, name)
     try:
@@ -268,28 +298,44 @@ def _resolve_step(
         problems.append(Problem(file, locations.line(path), format_path(path), name, message, hint))
         return None
     if not isinstance(raw, dict):
-        problems.append(Problem(
-            file, locations.line(path), format_path(path), raw,
-            "params must be a mapping", f"write `- {name}: {{key: value}}`",
-        ))
+        problems.append(
+            Problem(
+                file,
+                locations.line(path),
+                format_path(path),
+                raw,
+                "params must be a mapping",
+                f"write `- {name}: {{key: value}}`",
+            )
+        )
         return None
 
     values = dict(raw)
     if spec.needs_provider_key:
         chosen = values.pop("provider", spec.default_provider)
         if chosen is None:
-            problems.append(Problem(
-                file, locations.line(path), f"{format_path(path)}.provider", NO_VALUE,
-                f"{name} needs a provider",
-                f"add `provider:` with one of: {', '.join(sorted(spec.providers))}",
-            ))
+            problems.append(
+                Problem(
+                    file,
+                    locations.line(path),
+                    f"{format_path(path)}.provider",
+                    NO_VALUE,
+                    f"{name} needs a provider",
+                    f"add `provider:` with one of: {', '.join(sorted(spec.providers))}",
+                )
+            )
             return None
         if chosen not in spec.providers:
-            problems.append(Problem(
-                file, locations.line((*path, "provider")), f"{format_path(path)}.provider", chosen,
-                f"unknown provider for {name}",
-                f"use one of: {', '.join(sorted(spec.providers))}",
-            ))
+            problems.append(
+                Problem(
+                    file,
+                    locations.line((*path, "provider")),
+                    f"{format_path(path)}.provider",
+                    chosen,
+                    f"unknown provider for {name}",
+                    f"use one of: {', '.join(sorted(spec.providers))}",
+                )
+            )
             return None
         prov = spec.providers[chosen]
     else:
@@ -306,7 +352,8 @@ def _tidy(problems: list[Problem]) -> list[Problem]:
     """Sort by place; drop type errors caused by an unset ``${VAR}`` (already reported)."""
     unset = {(p.file, p.key) for p in problems if p.message.startswith("environment variable")}
     kept = [
-        p for p in problems
+        p
+        for p in problems
         if (p.file, p.key) not in unset or p.message.startswith("environment variable")
     ]
     return sorted(kept, key=lambda p: (str(p.file), p.line or 0))
@@ -324,13 +371,18 @@ def check_neighbours(
         consumes = spec.consumes
         if consumes and unknown_before is None and not (consumes & available):
             prev = steps[index - 1].name if index else f"transport {transport.name!r}"
-            problems.append(Problem(
-                file, step.line, f"processors[{index}].{step.name}", step.name,
-                f"{step.name} consumes {_fmt(consumes)} but nothing before it produces that "
-                f"(before it: {_fmt(available)})",
-                f"move it after a processor that emits {_fmt(consumes)}, "
-                f"or check the order around {prev}",
-            ))
+            problems.append(
+                Problem(
+                    file,
+                    step.line,
+                    f"processors[{index}].{step.name}",
+                    step.name,
+                    f"{step.name} consumes {_fmt(consumes)} but nothing before it produces that "
+                    f"(before it: {_fmt(available)})",
+                    f"move it after a processor that emits {_fmt(consumes)}, "
+                    f"or check the order around {prev}",
+                )
+            )
         if spec.emits is None:
             unknown_before = unknown_before or step.name
             continue
@@ -338,12 +390,16 @@ def check_neighbours(
     wanted = set(transport.consumes)
     if wanted and unknown_before is None and not (wanted & available):
         last = steps[-1] if steps else None
-        problems.append(Problem(
-            file, last.line if last else locations.line(("processors",)), "processors",
-            NO_VALUE,
-            f"transport {transport.name!r} sends {_fmt(wanted)} but no processor produces it",
-            "end the pipeline with a processor that emits it (e.g. tts for audio_out)",
-        ))
+        problems.append(
+            Problem(
+                file,
+                last.line if last else locations.line(("processors",)),
+                "processors",
+                NO_VALUE,
+                f"transport {transport.name!r} sends {_fmt(wanted)} but no processor produces it",
+                "end the pipeline with a processor that emits it (e.g. tts for audio_out)",
+            )
+        )
     return problems
 
 

@@ -18,10 +18,10 @@ import difflib
 import importlib
 import inspect
 import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar
 
 from pipecat.processors.frame_processor import FrameProcessor
 from pydantic import BaseModel, ConfigDict, create_model
@@ -30,7 +30,7 @@ from voicebot.build.context import BuildContext, Built
 from voicebot.build.kinds import FrameKind
 
 #: What a factory returns: one processor, several in order, or a :class:`Built`.
-FactoryResult = Union[FrameProcessor, Sequence[FrameProcessor], Built]
+FactoryResult = FrameProcessor | Sequence[FrameProcessor] | Built
 Factory = Callable[[Any, BuildContext], FactoryResult]
 
 ENTRY_POINT_GROUP = "voicebot.processors"
@@ -184,9 +184,7 @@ def params_from_signature(cls: type) -> type[BaseModel]:
             default = ... if param.default is param.empty else param.default
             fields[pname] = (hints.get(pname, Any), default)
     config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
-    model: type[BaseModel] = create_model(  # type: ignore[call-overload]
-        f"{cls.__name__}Params", __config__=config, **fields
-    )
+    model: type[BaseModel] = create_model(f"{cls.__name__}Params", __config__=config, **fields)
     return model
 
 

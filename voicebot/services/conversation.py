@@ -33,8 +33,9 @@ class ConversationParams(BaseModel):
 def conversation(llm: LLMService, params: ConversationParams) -> Built:
     """``[user aggregator, llm]`` in place, the assistant aggregator in the tail."""
     context = LLMContext(messages=[{"role": "system", "content": params.system_prompt}])
+    timeout_secs = params.user_speech_timeout_ms / 1000
     strategies = UserTurnStrategies(
-        stop=[SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=params.user_speech_timeout_ms / 1000)]
+        stop=[SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=timeout_secs)]
     )
     pair = LLMContextAggregatorPair(
         context, user_params=LLMUserAggregatorParams(user_turn_strategies=strategies)

@@ -39,7 +39,8 @@ def fake_stt(params: FakeSTTParams, context: BuildContext) -> FrameProcessor:
 @provider("llm", "fake", FakeLLMProviderParams)
 def fake_llm(params: FakeLLMProviderParams, context: BuildContext) -> Built:
     """Scripted replies and tool calls after a declared time to first token."""
-    script = FakeLLMParams.model_validate(params.model_dump(include=set(FakeLLMParams.model_fields)))
+    fields = set(FakeLLMParams.model_fields)
+    script = FakeLLMParams.model_validate(params.model_dump(include=fields))
     return conversation(FakeLLMService(params=script), params)
 
 
