@@ -1,0 +1,32 @@
+# One command to try voicebot, one to test it. Both set up .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint check clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+## demo: set up, then place a simulated call through pipelines/demo.yaml (offline, no credentials)
+demo: $(STAMP)
+	$(BIN)/voicebot validate pipelines/*.yaml examples/*/pipeline.yaml
+	$(BIN)/voicebot call --pipeline pipelines/demo.yaml --out demo-bot.wav
+
+## test: set up, then run every test (unit, integration, examples)
+test: $(STAMP)
+	$(BIN)/pytest
+
+## lint: ruff and mypy, as CI runs them
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy voicebot
+
+check: test lint
+
+clean:
+	rm -rf $(VENV) demo-bot.wav
