@@ -24,9 +24,10 @@ async def no_leaked_tasks(grace_secs: float = 0.5) -> AsyncIterator[None]:
     The grace period lets tasks that are already finishing (cancelled, returning) get there; it is
     a bound, not a sleep: the check returns as soon as they are gone.
     """
-    current = asyncio.current_task()
     before = set(asyncio.all_tasks())
     yield
+    # The block may end in another task than it began (a pytest-asyncio fixture's finalizer).
+    current = asyncio.current_task()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace_secs
     while True:
