@@ -46,6 +46,49 @@ def cmd_processors(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the server (uvicorn) until interrupted."""
+    import uvicorn
+
+    from voicebot.build.problems import ConfigError
+    from voicebot.config import load_settings
+    from voicebot.server import create_app
+
+    overrides = {
+        k: v
+        for k, v in {"pipeline": args.pipeline, "host": args.host, "port": args.port}.items()
+        if v is not None
+    }
+    settings = load_settings(**overrides)
+    try:
+        app = create_app(settings)
+    except ConfigError as exc:
+        print(f"voicebot serve: {settings.pipeline}: {exc}", file=sys.stderr)
+        return 1
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level="warning", ws="websockets-sansio"
+    )
+    return 0
+
+
+def cmd_media_url(args: argparse.Namespace) -> int:
+    """Print a signed media-stream URL for a call id (for tests and manual calls)."""
+    from voicebot.acs.tokens import media_url
+    from voicebot.config import load_settings
+
+    settings = load_settings()
+    if settings.signing_secret is None:
+        print(
+            "voicebot media-url: set VOICEBOT_SIGNING_SECRET to the server's signing secret",
+            file=sys.stderr,
+        )
+        return 2
+    base = args.base or settings.base_url
+    key = settings.signing_secret.get_secret_value().encode()
+    print(media_url(base, key, args.call_id, args.ttl or settings.media_token_ttl_secs))
+    return 0
+
+
 def cmd_call(args: argparse.Namespace) -> int:
     """Place one simulated call in-process and print what happened."""
     from voicebot.simulate import main as simulate_main
@@ -64,6 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     processors = sub.add_parser("processors", help="list processors usable in pipeline YAML")
     processors.set_defaults(func=cmd_processors)
+
+    serve = sub.add_parser("serve", help="run the server: ACS media, call control, health")
+    serve.add_argument("--pipeline", type=Path, help="pipeline YAML (default $VOICEBOT_PIPELINE)")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.set_defaults(func=cmd_serve)
+
+    url = sub.add_parser("media-url", help="print a signed media-stream URL for a call id")
+    url.add_argument("--call-id", required=True)
+    url.add_argument("--base", help="server base URL, e.g. ws://127.0.0.1:8000")
+    url.add_argument("--ttl", type=int, help="seconds the URL stays valid")
+    url.set_defaults(func=cmd_media_url)
 
     call = sub.add_parser("call", help="place one simulated call and print the conversation")
     call.add_argument("--pipeline", type=Path, default=Path("pipelines/demo.yaml"))

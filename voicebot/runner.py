@@ -180,6 +180,17 @@ class CallRunner:
         """
         await self._stop(graceful=True, reason=reason)
 
+    async def hang_up(self, reason: str = "caller hung up") -> None:
+        """The far end is gone (socket closed): cancel the pipeline without waiting for it.
+
+        Safe to call from inside the pipeline (a transport's disconnect handler); :meth:`run`
+        returns once the pipeline has stopped, still within ``end_timeout_secs``.
+        """
+        self._set_outcome(CallOutcome.CANCELLED)
+        if self._worker is not None and not self._worker.has_finished():
+            logger.info(f"call {self.call_id}: {reason}")
+            await self._worker.cancel(reason=reason)
+
     async def cancel(self, reason: str = "cancelled") -> None:
         """Stop the call now (caller hung up, socket gone, shutdown)."""
         self._set_outcome(CallOutcome.CANCELLED)

@@ -6,11 +6,15 @@ aggregator after the transport output, so the context records what was actually 
 
 from __future__ import annotations
 
+from typing import Any
+
+from pipecat.frames.frames import Frame, StartFrame, TTSSpeakFrame
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import (
     LLMContextAggregatorPair,
     LLMUserAggregatorParams,
 )
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.services.llm_service import LLMService
 from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
@@ -25,6 +29,8 @@ class ConversationParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     system_prompt: str = "You are a helpful voice assistant on a phone call. Answer briefly."
+    greeting: str = ""
+    """Said as soon as the call starts (and kept in the context); empty: wait for the caller."""
     user_speech_timeout_ms: float = Field(default=200.0, ge=0)
     """After the caller stops speaking (VAD), wait this long for more speech before the turn ends.
     Replaces pipecat's default smart-turn model, which costs a model per call."""
@@ -40,4 +46,21 @@ def conversation(llm: LLMService, params: ConversationParams) -> Built:
     pair = LLMContextAggregatorPair(
         context, user_params=LLMUserAggregatorParams(user_turn_strategies=strategies)
     )
-    return Built([pair.user(), llm], tail=[pair.assistant()])
+    processors: list[FrameProcessor] = [pair.user(), llm]
+    if params.greeting:
+        processors.append(Greeter(params.greeting))
+    return Built(processors, tail=[pair.assistant()])
+
+
+class Greeter(FrameProcessor):
+    """Says ``text`` once, right after the pipeline starts."""
+
+    def __init__(self, text: str, **kwargs: Any) -> None:
+        super().__init__(enable_direct_mode=True, **kwargs)
+        self._text = text
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        await self.push_frame(frame, direction)
+        if isinstance(frame, StartFrame):
+            await self.push_frame(TTSSpeakFrame(self._text))

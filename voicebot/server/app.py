@@ -1,0 +1,71 @@
+"""The FastAPI app factory and the state shared by every request of one worker process."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI, Request, WebSocket
+from loguru import logger
+
+from voicebot.build.loader import PipelineSpec, load_pipeline
+from voicebot.config import Settings, load_settings
+from voicebot.runner import ActiveCalls
+from voicebot.services.resources import SharedResources
+
+
+@dataclass
+class AppState:
+    """What one worker process shares between calls: settings, the pipeline, heavy resources,
+    and the calls it is running."""
+
+    settings: Settings
+    spec: PipelineSpec
+    resources: SharedResources = field(default_factory=SharedResources)
+    active: ActiveCalls = field(default_factory=ActiveCalls)
+    signing_key: bytes = b""
+
+
+def state_of(connection: Request | WebSocket) -> AppState:
+    """The :class:`AppState` of the app serving ``connection``."""
+    state: AppState = connection.app.state.voicebot
+    return state
+
+
+def providers_summary(spec: PipelineSpec) -> str:
+    """``stt=local, llm=fake, …`` for the start-up log line."""
+    return ", ".join(
+        f"{step.name}={step.provider.name}" for step in spec.steps if step.spec.needs_provider_key
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A voicebot server app. The pipeline is validated here, so a bad file stops start-up."""
+    settings = settings or load_settings()
+    spec = load_pipeline(settings.pipeline)
+    state = AppState(settings=settings, spec=spec, signing_key=settings.media_signing_key())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        offline = settings.acs_connection_string is None
+        logger.info(
+            f"voicebot serving pipeline {spec.name!r} ({providers_summary(spec)}), "
+            f"up to {settings.max_calls} calls"
+            + (" — no Azure settings: offline providers, no call control" if offline else "")
+        )
+        try:
+            yield
+        finally:
+            for call in state.active:
+                await call.cancel("server shutting down")
+            await state.resources.aclose()
+
+    app = FastAPI(title="voicebot", lifespan=lifespan)
+    app.state.voicebot = state
+
+    from voicebot.server import health, media
+
+    app.include_router(health.router, prefix="/api/v1")
+    app.include_router(media.router, prefix="/api/v1")
+    return app

@@ -1,0 +1,35 @@
+"""``GET /api/v1/health`` (liveness) and ``GET /api/v1/health/ready`` (one entry per dependency)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from voicebot.server.app import state_of
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    """The process is up and its event loop answers."""
+    return {"status": "ok"}
+
+
+@router.get("/health/ready")
+async def ready(request: Request) -> dict[str, Any]:
+    """Whether this worker can take a call, and the state of what calls depend on."""
+    state = state_of(request)
+    settings = state.settings
+    calls = {"active": len(state.active), "max": settings.max_calls}
+    checks: dict[str, Any] = {
+        "pipeline": {"status": "ok", "name": state.spec.name, "file": str(state.spec.file)},
+        "calls": {"status": "ok" if calls["active"] < calls["max"] else "full", **calls},
+        "call_automation": {
+            "status": "ok" if settings.acs_connection_string else "not_configured",
+        },
+        "resources": {"status": "ok", "loaded": state.resources.keys()},
+    }
+    ready_now = checks["calls"]["status"] == "ok"
+    return {"status": "ready" if ready_now else "full", "checks": checks}
