@@ -42,7 +42,7 @@ from pipecat.frames.frames import (
     TranscriptionFrame,
 )
 from pipecat.observers.base_observer import BaseObserver, FramePushed
-from pipecat.processors.frame_processor import FrameDirection
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pydantic import BaseModel
 
 from voicebot.build.loader import PipelineSpec, load_pipeline
@@ -55,6 +55,7 @@ from voicebot.testing.tasks import no_leaked_tasks
 from voicebot.testing.wav import read_wav, silence, split_frames
 
 F = TypeVar("F", bound=Frame)
+P = TypeVar("P", bound=FrameProcessor)
 Match = type[Frame] | Callable[[Recorded], bool]
 
 #: How long :meth:`CallHarness.wait_for` waits by default, in (virtual) seconds.
@@ -223,6 +224,16 @@ class CallHarness:
         await asyncio.sleep(seconds)
 
     # -- observing -----------------------------------------------------------------------------
+
+    def processor(self, processor_type: type[P]) -> P:
+        """The call's first processor of ``processor_type`` (e.g. ``FakeLLMService``)."""
+        pending: list[FrameProcessor] = list(self._call.worker.pipeline.processors)
+        while pending:
+            candidate = pending.pop(0)
+            if isinstance(candidate, processor_type):
+                return candidate
+            pending[:0] = [p for p in candidate.processors if p is not candidate]
+        raise LookupError(f"no {processor_type.__name__} in pipeline {self.spec.name!r}")
 
     async def wait_for(
         self, match: Match, *, after: float | None = None, timeout: float = WAIT_TIMEOUT_SECS
