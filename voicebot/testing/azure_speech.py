@@ -39,12 +39,13 @@ Pointing clients at the fake (``fake`` is an entered :class:`AzureSpeechFake`)::
     tts = AzureTTSService(api_key="fake", private_endpoint=fake.tts_endpoint, sample_rate=24000)
 
 pipecat builds ``SpeechConfig(subscription=api_key, endpoint=private_endpoint)`` from those
-(leave ``region`` out: given both, pipecat warns and ignores it); the SDK uses the endpoint's path as given (adding
-``?language=`` for recognition) and sends the key as ``Ocp-Apim-Subscription-Key``, which the
-fake records and ignores. The fake tells recognition from synthesis by the messages it receives,
-and continuous from recognize-once by ``speech.context``'s ``phraseDetection.mode`` (else the
-path), so any path works; :attr:`AzureSpeechFake.stt_endpoint` and
-:attr:`~AzureSpeechFake.tts_endpoint` are the real service's paths.
+(leave ``region`` out: given both, pipecat warns and ignores it); the SDK uses the endpoint's
+path as given (adding ``?language=`` for recognition) and sends the key as
+``Ocp-Apim-Subscription-Key``, which the fake records and ignores. The fake tells recognition
+from synthesis by the messages it receives, and continuous from recognize-once by
+``speech.context``'s ``phraseDetection.mode`` (else the path), so any path works;
+:attr:`AzureSpeechFake.stt_endpoint` and :attr:`~AzureSpeechFake.tts_endpoint` are the real
+service's paths.
 
 Two ways to run it:
 
