@@ -96,6 +96,7 @@ class CallRunner:
     ) -> None:
         self.spec = spec
         self.call_id = call_id or uuid.uuid4().hex
+        self._owns_resources = resources is None
         self._resources = resources or SharedResources()
         self._input = input
         self._output = output
@@ -169,6 +170,8 @@ class CallRunner:
         finally:
             self._active._remove(self)
             self.ended_at = time.time()
+            if self._owns_resources:  # a call on its own (tests, tools): nobody else shares them
+                await self._resources.aclose()
         outcome = self._outcome or CallOutcome.COMPLETED
         logger.info(f"call {self.call_id} ended: {outcome.value}")
         return outcome

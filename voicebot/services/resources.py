@@ -28,7 +28,8 @@ class SharedResources:
     def __init__(self) -> None:
         self._items: dict[str, Any] = {}
         self._closers: list[tuple[str, Callable[[], Awaitable[None] | None]]] = []
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the dicts, never held while creating
+        self._creating: dict[str, threading.Lock] = {}
 
     def get(
         self,
@@ -37,14 +38,22 @@ class SharedResources:
         *,
         close: Callable[[T], Awaitable[None] | None] | None = None,
     ) -> T:
-        """Return the shared object for ``key``, creating it with ``factory`` the first time."""
+        """Return the shared object for ``key``, creating it with ``factory`` the first time.
+
+        Only callers of the same key wait while it is created; other keys are not held up.
+        """
+        if key in self._items:
+            return cast(T, self._items[key])
         with self._lock:
+            creating = self._creating.setdefault(key, threading.Lock())
+        with creating:
             if key not in self._items:
                 item = factory()
-                self._items[key] = item
-                if close is not None:
-                    self._closers.append((key, lambda: close(item)))
-            return cast(T, self._items[key])
+                with self._lock:
+                    self._items[key] = item
+                    if close is not None:
+                        self._closers.append((key, lambda: close(item)))
+        return cast(T, self._items[key])
 
     def __contains__(self, key: str) -> bool:
         return key in self._items
