@@ -7,7 +7,8 @@ value and a hint:
 2. ``${VAR}`` references that are unset and have no default;
 3. the file's shape (name, transport, audio, call, processors);
 4. the transport profile exists and supports the audio rates;
-5. each processor: known name, known provider, params of the right names and types;
+5. each processor: known name, known provider, params of the right names and types, and what its
+   params model's ``check(base_dir)`` finds (e.g. the ``agents`` store it names);
 6. neighbours: every processor gets at least one kind of frame it consumes from what is before it,
    and the transport's output gets what it sends.
 """
@@ -345,6 +346,11 @@ def _resolve_step(
     except ValidationError as exc:
         problems.extend(pydantic_problems(exc, locations, path, prov.params))
         return None
+    # A params model may check what pydantic cannot, such as the files it names:
+    # `def check(self, base_dir: Path) -> list[Problem]` (base_dir: the pipeline file's folder).
+    check = getattr(params, "check", None)
+    if callable(check):
+        problems.extend(check(file.resolve().parent))
     return Step(spec, prov, params, locations.line(path))
 
 
