@@ -6,7 +6,11 @@ Every call gets fresh processor instances; only what factories take from
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
+
+from loguru import logger
 
 from pipecat.observers.base_observer import BaseObserver
 from pipecat.pipeline.pipeline import Pipeline
@@ -16,9 +20,32 @@ from pipecat.processors.frame_processor import FrameProcessor
 from voicebot.build.context import BuildContext, Built
 from voicebot.build.loader import PipelineSpec
 from voicebot.build.registry import as_built
+from voicebot.services.resources import SharedResources
 
 #: How long cancelling a call's pipeline may take before its tasks are cancelled hard, in s.
 CANCEL_TIMEOUT_SECS = 1.5
+
+
+async def warm_up(
+    spec: PipelineSpec, resources: SharedResources, timeout_secs: float = 120
+) -> None:
+    """Load every provider's shared resources now (models, clients), off the event loop.
+
+    A server calls this at start-up so its first call does not wait for models to load. A
+    provider that fails to warm up is logged and left to fail its calls with a clear error.
+    """
+    for step in spec.steps:
+        warm = step.provider.warm
+        if warm is None:
+            continue
+        started = time.perf_counter()
+        try:
+            await asyncio.wait_for(asyncio.to_thread(warm, step.params, resources), timeout_secs)
+        except Exception as exc:
+            logger.error(f"warming up {step.name} ({step.provider.name}) failed: {exc!r}")
+            continue
+        elapsed = time.perf_counter() - started
+        logger.info(f"warmed up {step.name} ({step.provider.name}) in {elapsed:.2f} s")
 
 
 def build_processors(spec: PipelineSpec, context: BuildContext) -> Built:

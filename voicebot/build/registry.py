@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, create_model
 
 from voicebot.build.context import BuildContext, Built
 from voicebot.build.kinds import FrameKind
+from voicebot.services.resources import SharedResources
 
 #: What a factory returns: one processor, several in order, or a :class:`Built`.
 FactoryResult = FrameProcessor | Sequence[FrameProcessor] | Built
@@ -40,6 +41,10 @@ DEFAULT = "default"
 P = TypeVar("P", bound=type[FrameProcessor])
 
 
+#: Loads what a provider shares between calls (models, clients) before the first call needs it.
+Warm = Callable[[Any, SharedResources], None]
+
+
 @dataclass(frozen=True)
 class Provider:
     """One implementation of a processor, e.g. ``stt`` by ``azure``, ``local`` or ``fake``."""
@@ -48,6 +53,9 @@ class Provider:
     params: type[BaseModel]
     factory: Factory
     description: str = ""
+    warm: Warm | None = None
+    """Called once per process at start-up, off the event loop, so the first call is not the one
+    that waits for models to load."""
 
 
 @dataclass
@@ -289,14 +297,18 @@ def provider(
     provider_name: str,
     params: type[BaseModel],
     *,
+    warm: Warm | None = None,
     registry: Registry | None = None,
 ) -> Callable[[Factory], Factory]:
-    """Decorate ``factory(params, context)`` as one provider of a registered service."""
+    """Decorate ``factory(params, context)`` as one provider of a registered service.
+
+    ``warm(params, resources)``, if given, loads the provider's shared resources at start-up.
+    """
 
     def register(factory: Factory) -> Factory:
         doc = (inspect.getdoc(factory) or "").split("\n")[0]
         (registry or _default).add_provider(
-            processor_name, Provider(provider_name, params, factory, doc)
+            processor_name, Provider(provider_name, params, factory, doc, warm)
         )
         return factory
 

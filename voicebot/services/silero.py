@@ -91,7 +91,12 @@ class SharedSileroVADAnalyzer(SileroVADAnalyzer):
         """Leave the shared pool running (the base class would shut it down)."""
 
 
-@provider("vad", "silero", SileroParams)
+def _warm(params: SileroParams, resources: SharedResources) -> None:
+    shared_model(resources)
+    shared_pool(resources)
+
+
+@provider("vad", "silero", SileroParams, warm=_warm)
 def silero_vad(params: SileroParams, context: BuildContext) -> Any:
     """Silero VAD (bundled with pipecat), one model shared by all calls."""
     analyzer = SharedSileroVADAnalyzer(
