@@ -151,8 +151,8 @@ async def reset_password(ctx: ToolContext) -> dict[str, Any]:
     customer = ctx.memory.get("customer")
     if not ctx.memory.get("verified") or not customer:
         return _not_verified()
-    name, _, domain = customer["email"].partition("@")
-    return {"sent_to": f"{name[0]}...@{domain}", "valid_hours": 24}
+    domain = customer["email"].partition("@")[2]
+    return {"sent_to": f"your email address at {domain}", "valid_hours": 24}
 
 
 @tool(timeout_secs=5)

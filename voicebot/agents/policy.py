@@ -303,6 +303,7 @@ class Choice:
     tool: str | None = None
     args: dict[str, Any] = field(default_factory=dict)
     handoff: str | None = None
+    mode: str | None = None
     end: bool = False
 
 
@@ -365,6 +366,7 @@ def decide(
             if not rule.spec.tool:
                 choice.say = _render_safely(rule.say, template_context(memory, **base), rule.label)
                 choice.handoff = rule.spec.handoff
+                choice.mode = rule.spec.mode
                 choice.end = rule.spec.end
             return choice
     return Choice(

@@ -101,7 +101,8 @@ class RuleSpec(_Strict):
     expression over memory). The first rule that applies answers the turn: it updates memory
     (``remember``, ``forget``) and then says ``say``, calls ``tool`` (arguments from memory by
     name, or ``args``; ``say`` is then rendered with the tool's ``result``), hands off to
-    ``handoff`` (after saying ``say``), or says ``say`` and ends the call (``end: true``).
+    ``handoff`` (after saying ``say``; ``mode`` overrides the handoff's announced/silent), or says
+    ``say`` and ends the call (``end: true``).
     """
 
     name: str = ""
@@ -114,6 +115,8 @@ class RuleSpec(_Strict):
     tool: str | None = None
     args: dict[str, Any] = {}
     handoff: str | None = None
+    mode: Literal["announced", "silent"] | None = None
+    """How this rule hands off (default: the agent's ``handoffs:`` entry for the target)."""
     end: bool = False
 
     @model_validator(mode="after")
@@ -125,6 +128,8 @@ class RuleSpec(_Strict):
             raise ValueError("a rule needs something to do: say, tool, handoff, end or remember")
         if self.args and not self.tool:
             raise ValueError("`args:` belong to a rule with `tool:`")
+        if self.mode and not self.handoff:
+            raise ValueError("`mode:` belongs to a rule with `handoff:`")
         for phrase in self.when:
             if phrase.startswith("re:"):
                 try:

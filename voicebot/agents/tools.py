@@ -79,6 +79,8 @@ class Handoff:
     result: Any = None
     """What the LLM is told (default: ``{"handoff": to}``)."""
     reason: str = ""
+    mode: Literal["announced", "silent"] | None = None
+    """Override of the handoff's mode in the agent's ``handoffs:``."""
 
 
 @dataclass(frozen=True)
@@ -114,9 +116,17 @@ class ToolContext:
     memory: dict[str, Any]
     store_dir: Path
 
-    def handoff(self, to: str, *, result: Any = None, reason: str = "") -> Handoff:
-        """Return this from a tool to hand the call to agent ``to``."""
-        return Handoff(to, result, reason)
+    def handoff(
+        self,
+        to: str,
+        *,
+        result: Any = None,
+        reason: str = "",
+        mode: Literal["announced", "silent"] | None = None,
+    ) -> Handoff:
+        """Return this from a tool to hand the call to agent ``to`` (``mode``: override the
+        announced/silent of the agent's ``handoffs:``)."""
+        return Handoff(to, result, reason, mode)
 
     def escalate(self, reason: str = "", *, result: Any = None) -> Escalate:
         """Return this from a tool to transfer the call to a human."""
