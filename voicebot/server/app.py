@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from fastapi import FastAPI, Request, WebSocket
 from loguru import logger
 
+from voicebot.acs.control import CallControl
 from voicebot.build.loader import PipelineSpec, load_pipeline
 from voicebot.config import Settings, load_settings
 from voicebot.runner import ActiveCalls
@@ -25,6 +26,7 @@ class AppState:
     resources: SharedResources = field(default_factory=SharedResources)
     active: ActiveCalls = field(default_factory=ActiveCalls)
     signing_key: bytes = b""
+    calls: CallControl = field(default_factory=CallControl)
 
 
 def state_of(connection: Request | WebSocket) -> AppState:
@@ -45,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     spec = load_pipeline(settings.pipeline)
     state = AppState(settings=settings, spec=spec, signing_key=settings.media_signing_key())
+    state.calls = CallControl.from_settings(settings, spec, state.active, state.signing_key)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -60,12 +63,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for call in state.active:
                 await call.cancel("server shutting down")
             await state.resources.aclose()
+            await state.calls.aclose()
 
     app = FastAPI(title="voicebot", lifespan=lifespan)
     app.state.voicebot = state
 
-    from voicebot.server import health, media
+    from voicebot.server import calls, health, media
 
     app.include_router(health.router, prefix="/api/v1")
     app.include_router(media.router, prefix="/api/v1")
+    app.include_router(calls.router, prefix="/api/v1")
     return app
