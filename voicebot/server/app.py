@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request, WebSocket
 from loguru import logger
 
 from voicebot.acs.control import CallControl
+from voicebot.build.builder import warm_up
 from voicebot.build.loader import PipelineSpec, load_pipeline
 from voicebot.config import Settings, load_settings
 from voicebot.runner import ActiveCalls
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             f"up to {settings.max_calls} calls"
             + (" — no Azure settings: offline providers, no call control" if offline else "")
         )
+        await warm_up(spec, state.resources)
         try:
             yield
         finally:

@@ -26,9 +26,7 @@ async def ready(request: Request) -> dict[str, Any]:
     checks: dict[str, Any] = {
         "pipeline": {"status": "ok", "name": state.spec.name, "file": str(state.spec.file)},
         "calls": {"status": "ok" if calls["active"] < calls["max"] else "full", **calls},
-        "call_automation": {
-            "status": "ok" if settings.acs_connection_string else "not_configured",
-        },
+        "call_automation": state.calls.status(),
         "resources": {"status": "ok", "loaded": state.resources.keys()},
     }
     ready_now = checks["calls"]["status"] == "ok"
