@@ -15,7 +15,7 @@ behind pipecat's ``LLMSwitcher`` when some agents are strict (``engine: policy``
 
 The router runs the agents on a per-call ``FlowManager`` (see docs/agents.md): entering an agent
 is a flows node built from its YAML (rendered prompt, tools, handoff tools, ``end_call``, and
-pre-actions that set the LLM model and the TTS voice and say the greeting). Every tool call runs
+a pre-action that sets the LLM model and the TTS voice and says the greeting). Every tool call runs
 through :func:`~voicebot.agents.tools.run_tool` and every step is a decision in
 ``router.decisions``.
 """
@@ -283,10 +283,17 @@ class AgentRouter(FrameProcessor):
         role = role or f"You are the {name} agent on a phone call. {agent.spec.description}"
         first = session.visits.get(name, 0) == 0
         greeting = agent.greeting if first else (agent.return_greeting or agent.greeting)
-        pre_actions: list[Any] = [{"type": "agent_settings", "agent": name, "mode": mode}]
         text = str(render(greeting, variables) or "") if greeting is not None else ""
-        if mode != "silent" and text:
-            pre_actions.append({"type": "tts_say", "text": _escape(text)})
+        # The greeting is spoken by our own pre-action (after the voice switch), not by flows'
+        # `tts_say`, which renders `{{ }}` again and warns about its own handler in 1.14.
+        pre_actions: list[Any] = [
+            {
+                "type": "agent_settings",
+                "agent": name,
+                "mode": mode,
+                "greeting": text if mode != "silent" else "",
+            }
+        ]
         node: NodeConfig = {
             "name": name,
             "role_message": _escape(role),
@@ -435,8 +442,8 @@ class AgentRouter(FrameProcessor):
         agent = self.store.agent(name)
         session.active = name
         session.visits[name] = session.visits.get(name, 0) + 1
-        session.silent_entry = mode == "silent"
         engine = session.engine(name)
+        session.silent_entry = mode == "silent" and engine == "policy"
         frames: list[Frame] = []
         if isinstance(self._engine, LLMSwitcher):
             target = self._llm if engine == "llm" else self._policy
@@ -454,6 +461,8 @@ class AgentRouter(FrameProcessor):
                 frames.append(LLMUpdateSettingsFrame(delta=delta, service=self._llm))
         if agent.spec.voice is not None:
             frames.append(TTSUpdateSettingsFrame(delta=self._voice(agent.spec.voice)))
+        if action.get("greeting"):
+            frames.append(TTSSpeakFrame(str(action["greeting"])))
         if frames:
             await flow_manager.worker.queue_frames(frames)
         latency = None

@@ -4,4 +4,4 @@ from voicebot.agents import router
 from voicebot.processors import echo
 from voicebot.services import fake, kinds, local, silero
 
-__all__ = ["echo", "fake", "kinds", "local", "silero"]
+__all__ = ["echo", "fake", "kinds", "local", "router", "silero"]
