@@ -248,7 +248,7 @@ class AgentRouter(FrameProcessor):
         flows.register_action("agent_settings", self._enter)
         self._flows = flows
         node = self._node(self.session.active, "initial")
-        # Entering waits for the greeting to pass the pipeline, so it cannot run in here.
+        # Entering queues frames into the pipeline this processor is part of: not from in here.
         self._entering = self.create_task(flows.initialize(node), "enter_first_agent")
 
     async def _stop_entering(self) -> None:
