@@ -96,6 +96,13 @@ def cmd_call(args: argparse.Namespace) -> int:
     return simulate_main(args)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Load-test voicebot and stock pipecat with simulated ACS calls."""
+    from voicebot.bench.runner import main as bench_main
+
+    return bench_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voicebot", description=__doc__)
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
@@ -141,6 +148,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--fast", action="store_true", help="run on a virtual clock instead of in real time"
     )
     call.set_defaults(func=cmd_call)
+
+    bench = sub.add_parser(
+        "bench",
+        help="load test: N simulated ACS calls against voicebot and stock pipecat",
+        description="Start each server in its own process, place N concurrent simulated ACS "
+        "calls on it over real sockets for --duration seconds, and report per-turn framework "
+        "overhead, outbound pacing, server CPU and memory per call. See benchmarks/README.md.",
+    )
+    bench.add_argument("--calls", default="10", help="concurrent calls: N or N,N,... (a ramp)")
+    bench.add_argument("--ramp", help="numbers of calls to run in turn, e.g. 10,50,100")
+    bench.add_argument("--duration", type=float, default=40.0, help="seconds per call")
+    bench.add_argument("--json", type=Path, help="write the report as JSON to this file")
+    bench.add_argument("--plot", type=Path, help="write latency and CPU against calls (PNG)")
+    bench.add_argument("--url", help="a running voicebot (ws://host:port) instead of starting one")
+    bench.add_argument("--only", choices=("voicebot", "pipecat"), help="run one side only")
+    bench.add_argument("--pipeline", type=Path, default=Path("benchmarks/pipelines/bench.yaml"))
+    bench.add_argument("--pipecat-max-calls", type=int, default=25, help="skip stock above this")
+    bench.add_argument("--pause-ms", type=int, default=3000, help="caller silence after a turn")
+    bench.add_argument("--stagger", type=float, help="seconds over which callers connect")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 
