@@ -11,7 +11,6 @@ import time
 from collections.abc import Sequence
 
 from loguru import logger
-
 from pipecat.observers.base_observer import BaseObserver
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker, ProcessorUnusablePolicy
