@@ -90,7 +90,7 @@ def cmd_media_url(args: argparse.Namespace) -> int:
 
 
 def cmd_call(args: argparse.Namespace) -> int:
-    """Place one simulated call in-process and print what happened."""
+    """Place one simulated call and print what happened."""
     from voicebot.simulate import main as simulate_main
 
     return simulate_main(args)
@@ -127,25 +127,54 @@ def build_parser() -> argparse.ArgumentParser:
     url.add_argument("--ttl", type=int, help="seconds the URL stays valid")
     url.set_defaults(func=cmd_media_url)
 
-    call = sub.add_parser("call", help="place one simulated call and print the conversation")
-    call.add_argument("--pipeline", type=Path, default=Path("pipelines/demo.yaml"))
+    call = sub.add_parser(
+        "call",
+        help="place one simulated call and print the conversation",
+        description="Place one simulated ACS call and print, per caller turn, what was "
+        "recognised, which agent answered, what the bot said and the response latency. "
+        "By default a server for --pipeline starts in this process (127.0.0.1, a free port) "
+        "and the call goes over a real WebSocket, as ACS would place it. --url calls a running "
+        "server instead (texts are then unavailable: timings and audio only). --fast uses no "
+        "sockets: the pipeline runs in the test harness on a virtual clock.",
+    )
     call.add_argument(
         "--audio",
         type=Path,
         action="append",
         default=[],
-        help="a caller turn as a WAV file (repeat for several turns)",
+        help="a caller turn as a 16-bit WAV file (repeat for several turns; default: two "
+        "shipped samples)",
+    )
+    call.add_argument(
+        "--pipeline",
+        type=Path,
+        help="pipeline YAML of the in-process server or --fast (default pipelines/acs_phone.yaml)",
+    )
+    call.add_argument(
+        "--url",
+        help="call a running server: a signed media URL from `voicebot media-url`, or its base "
+        "(ws://host:port) with VOICEBOT_SIGNING_SECRET set",
     )
     call.add_argument(
         "--pause",
         type=float,
         default=2.5,
-        help="seconds of caller silence after each turn (default 2.5)",
+        help="seconds the caller stays silent after each turn, at least; it also waits for the "
+        "bot to finish answering (default 2.5)",
     )
-    call.add_argument("--out", type=Path, help="write the bot's audio to this WAV file")
+    call.add_argument(
+        "--rate",
+        type=int,
+        choices=(16000, 24000),
+        default=16000,
+        help="call audio rate in Hz over the socket (default 16000)",
+    )
+    call.add_argument("--out", type=Path, help="write the bot's audio, as heard, to this WAV file")
     call.add_argument("--json", action="store_true", help="print the result as JSON")
     call.add_argument(
-        "--fast", action="store_true", help="run on a virtual clock instead of in real time"
+        "--fast",
+        action="store_true",
+        help="no sockets: run the pipeline in the test harness on a virtual clock",
     )
     call.set_defaults(func=cmd_call)
 

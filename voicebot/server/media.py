@@ -2,30 +2,147 @@
 
 ACS connects as the client, to the URL given when the call was answered or created. That URL
 carries a signed token for the call id (see :mod:`voicebot.acs.tokens`); a connection without a
-valid one is closed with 1008 and the reason. Over the worker's call limit it is closed with 1013.
+valid one is closed with 1008 and the reason, as is a second connection for a call already
+connected. Over the worker's call limit it is closed with 1013.
+
+Bad input is survived: every message the serializer rejects (invalid JSON, unknown ``kind``,
+invalid base64, odd-length PCM, oversize, binary frames, audio before ``AudioMetadata``, an
+unsupported rate, ...) is dropped, logged once per kind and counted per call by a
+:class:`BadInputGuard`. A flood is not: more than :data:`FLOOD_LIMIT` rejected messages within
+any :data:`FLOOD_WINDOW_SECS` closes that call's socket, and only that call's, with a code for
+what the flood mostly was (see :data:`BAD_INPUT_CLOSE_CODES`): 1009 oversize messages, 1007
+undecodable data, 1008 protocol violations. ACS sends 50 messages a second, so the rule lets
+through a bad message now and then and closes a stream that is at least half garbage within a
+second — including a call whose ``AudioMetadata`` names a rate ACS does not stream, since all
+its audio then counts as audio before metadata.
+
+Each call's :class:`~voicebot.processors.transcript.CallTranscript` (what was said, handoffs,
+bad input counts, outcome) is kept in the process's
+:class:`~voicebot.processors.transcript.TranscriptStore`, a shared resource.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, WebSocket
 from loguru import logger
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
+from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from voicebot.acs.tokens import verify
-from voicebot.runner import CallRunner
-from voicebot.server.app import state_of
+from voicebot.processors.transcript import (
+    TRANSCRIPTS_RESOURCE,
+    TranscriptRecorder,
+    TranscriptStore,
+)
+from voicebot.runner import CallOutcome, CallRunner
+from voicebot.server.app import AppState, state_of
 from voicebot.transports.acs import ACS_SAMPLE_RATES, ACSMediaSerializer
 
 router = APIRouter(tags=["media"])
 
 #: WebSocket close codes (RFC 6455 / IANA registry).
+INVALID_DATA = 1007
 POLICY_VIOLATION = 1008
+MESSAGE_TOO_BIG = 1009
 TRY_AGAIN_LATER = 1013
 #: How long ACS has to send its first message (AudioMetadata) after connecting, in seconds.
 FIRST_MESSAGE_TIMEOUT_SECS = 5.0
+
+#: A call is closed when more than FLOOD_LIMIT of its messages are rejected within any
+#: FLOOD_WINDOW_SECS seconds (a sliding window).
+FLOOD_LIMIT = 25
+FLOOD_WINDOW_SECS = 1.0
+
+#: The close code for a flood of each kind of bad input (the serializer's kind names):
+#: 1009 for messages too big, 1007 for data that cannot be decoded, 1008 for well-formed
+#: messages that break the protocol. Kinds not listed count as protocol violations.
+BAD_INPUT_CLOSE_CODES: dict[str, int] = {
+    "oversize": MESSAGE_TOO_BIG,
+    "invalid_json": INVALID_DATA,
+    "invalid_base64": INVALID_DATA,
+    "odd_length_pcm": INVALID_DATA,
+    "binary_frame": POLICY_VIOLATION,
+    "unknown_kind": POLICY_VIOLATION,
+    "malformed": POLICY_VIOLATION,
+    "audio_before_metadata": POLICY_VIOLATION,
+    "unsupported_rate": POLICY_VIOLATION,
+    "invalid_dtmf": POLICY_VIOLATION,
+}
+
+_FLOOD_OF = {
+    MESSAGE_TOO_BIG: "oversize messages",
+    INVALID_DATA: "undecodable messages",
+    POLICY_VIOLATION: "protocol violations",
+}
+
+
+class BadInputGuard:
+    """Counts one call's rejected media messages and closes the call when they flood in.
+
+    Awaited by the serializer with each rejected message's kind (``on_bad_input``). Over the
+    flood rule (more than ``limit`` within any ``window_secs`` seconds) it awaits
+    ``close(code, reason)`` once, with the close code of the kind most of the window's messages
+    were (ties go to the latest message's kind); later messages are only counted.
+
+    ``counts`` may be a counter kept elsewhere (the call's record); ``clock`` gives seconds.
+
+    Attributes:
+        counts: Rejected messages by kind, for the whole call (for logs and metrics).
+        closed_with: ``(code, reason)`` once a flood closed the call, else None.
+    """
+
+    def __init__(
+        self,
+        call_id: str,
+        close: Callable[[int, str], Awaitable[None]],
+        *,
+        limit: int = FLOOD_LIMIT,
+        window_secs: float = FLOOD_WINDOW_SECS,
+        counts: Counter[str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.call_id = call_id
+        self.counts: Counter[str] = counts if counts is not None else Counter()
+        self.closed_with: tuple[int, str] | None = None
+        self._close = close
+        self._limit = limit
+        self._window = window_secs
+        self._clock = clock
+        self._recent: deque[tuple[float, int]] = deque()  # (monotonic time, close code)
+
+    async def __call__(self, kind: str) -> None:
+        self.counts[kind] += 1
+        if self.closed_with is not None:
+            return
+        now = self._clock()
+        code = BAD_INPUT_CLOSE_CODES.get(kind, POLICY_VIOLATION)
+        self._recent.append((now, code))
+        while now - self._recent[0][0] > self._window:
+            self._recent.popleft()
+        if len(self._recent) <= self._limit:
+            return
+        by_code = Counter(c for _, c in self._recent)
+        top = max(by_code, key=lambda c: (by_code[c], c == code))
+        reason = f"flood of {_FLOOD_OF[top]}: {len(self._recent)} bad in {self._window:g} s"
+        self.closed_with = (top, reason)
+        self._recent.clear()
+        logger.warning(f"call {self.call_id}: closing the media stream ({top}): {reason}")
+        await self._close(top, reason)
+
+    def summary(self) -> str:
+        """``invalid_json=3, oversize=1`` (most frequent first), or ``none``."""
+        return ", ".join(f"{k}={n}" for k, n in self.counts.most_common()) or "none"
+
+
+def transcripts(state: AppState) -> TranscriptStore:
+    """The process's record of its calls (created on first use, kept in its shared resources)."""
+    return state.resources.get(TRANSCRIPTS_RESOURCE, TranscriptStore)
 
 
 @router.websocket("/media/stream")
@@ -48,6 +165,10 @@ async def media_stream(websocket: WebSocket) -> None:
         logger.warning(f"media stream for call {call_id} refused: {problem.value}")
         await websocket.close(POLICY_VIOLATION, problem.value)
         return
+    if call_id in state.active:
+        logger.warning(f"media stream for call {call_id} refused: the call is already connected")
+        await websocket.close(POLICY_VIOLATION, "call already connected")
+        return
     if len(state.active) >= settings.max_calls:
         logger.warning(
             f"media stream for call {call_id} refused: worker at its limit of "
@@ -56,13 +177,34 @@ async def media_stream(websocket: WebSocket) -> None:
         await websocket.close(TRY_AGAIN_LATER, "worker at call limit")
         return
 
-    call_rate = await _call_rate(websocket, call_id)
+    try:
+        first = await asyncio.wait_for(_receive_data(websocket), FIRST_MESSAGE_TIMEOUT_SECS)
+    except TimeoutError:
+        logger.warning(f"call {call_id}: no message within {FIRST_MESSAGE_TIMEOUT_SECS:g} s")
+        first = None
+    except WebSocketDisconnect:
+        logger.info(f"call {call_id}: media stream closed before its first message")
+        return
+    call_rate = _metadata_rate(first) if first is not None else None
+    record = transcripts(state).start(call_id)
+
+    async def close_flooded(code: int, reason: str) -> None:
+        if websocket.application_state == WebSocketState.CONNECTED:
+            await websocket.close(code, reason)
+        await call.hang_up(f"media stream closed: {reason}")
+
+    guard = BadInputGuard(call_id, close_flooded, counts=record.bad_input)
     serializer = ACSMediaSerializer(
         call_id,
         ACSMediaSerializer.InputParams(
             sample_rate=call_rate, max_message_bytes=settings.max_message_bytes
         ),
+        on_bad_input=guard,
     )
+    if first is not None and call_rate is None:
+        # Counted under its kind like any later bad message. Were it valid DTMF, the digit is
+        # lost: the pipeline does not run yet.
+        await serializer.deserialize(first)
     transport = FastAPIWebsocketTransport(
         websocket,
         FastAPIWebsocketParams(
@@ -85,29 +227,44 @@ async def media_stream(websocket: WebSocket) -> None:
         input=transport.input(),
         output=transport.output(),
         active=state.active,
+        observers=[TranscriptRecorder(record)],
     )
 
     @transport.event_handler("on_client_disconnected")
     async def _gone(_transport: FastAPIWebsocketTransport, _ws: WebSocket) -> None:
-        await call.hang_up("media stream closed by ACS")
+        if guard.closed_with is None:  # else we closed it, and hung up already
+            await call.hang_up("media stream closed by ACS")
 
     logger.info(f"call {call_id} connected (correlation {correlation_id or '-'})")
-    outcome = await call.run()
-    if serializer.bad_input:
-        logger.info(f"call {call_id}: bad input {dict(serializer.bad_input)}")
+    try:
+        outcome = await call.run()
+    finally:
+        record.finish((call.outcome or CallOutcome.COMPLETED).value)
+    if guard.counts:
+        logger.info(f"call {call_id}: bad input {guard.summary()}")
     logger.info(f"call {call_id} finished: {outcome.value}")
 
 
-async def _call_rate(websocket: WebSocket, call_id: str) -> int | None:
-    """The call's rate from ACS's first message, ``AudioMetadata`` (None if it is not that).
+async def _receive_data(websocket: WebSocket) -> str | bytes:
+    """The next message's text or bytes; raises ``WebSocketDisconnect`` if the socket closed."""
+    message = await websocket.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
+    data: str | bytes | None = message.get("text")
+    return data if data is not None else message.get("bytes") or b""
+
+
+def _metadata_rate(first: str | bytes) -> int | None:
+    """The call's rate if ``first`` is a valid ``AudioMetadata``, else None.
 
     Knowing it before the pipeline starts lets the output resample once, straight to the call
-    rate. Anything else first is left to the serializer, which counts it as bad input.
+    rate. Anything else first goes to the serializer, which counts it as bad input.
     """
     try:
-        first = await asyncio.wait_for(websocket.receive_text(), FIRST_MESSAGE_TIMEOUT_SECS)
-        rate = json.loads(first)["audioMetadata"]["sampleRate"]
-    except (TimeoutError, ValueError, KeyError, TypeError):
-        logger.warning(f"call {call_id}: first message is not AudioMetadata")
+        message = json.loads(first)
+        if message["kind"] != "AudioMetadata":
+            return None
+        rate = message["audioMetadata"]["sampleRate"]
+    except (ValueError, KeyError, TypeError, RecursionError):
         return None
-    return rate if rate in ACS_SAMPLE_RATES else None
+    return rate if type(rate) is int and rate in ACS_SAMPLE_RATES else None

@@ -13,7 +13,9 @@ and since a stream resampler releases audio unevenly the messages stop being exa
 
 import base64
 import json
+import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from loguru import logger
@@ -53,6 +55,8 @@ class ACSMediaSerializer(FrameSerializer):
     stable kind name (``binary_frame``, ``oversize``, ``invalid_json``, ``unknown_kind``,
     ``malformed``, ``unsupported_rate``, ``audio_before_metadata``, ``invalid_base64``,
     ``odd_length_pcm``, ``invalid_dtmf``) and logs the first of each kind with the call id.
+    Then it awaits ``on_bad_input(kind)``, if given: the hook where a server decides that one
+    call's bad input has become a flood (see :mod:`voicebot.server.media`).
     """
 
     class InputParams(FrameSerializer.InputParams):
@@ -72,18 +76,32 @@ class ACSMediaSerializer(FrameSerializer):
                 80 ms bursts, "HQ" lags up to 37 ms, "LQ" up to 20 ms (still filtering aliases
                 by ~77 dB), "QQ" ~0 ms but without an anti-aliasing filter. Rates that need no
                 conversion pass through untouched.
+            stale_audio_ms: Outbound audio serialized less than this many ms after a
+                ``StopAudio`` is dropped. pipecat's output transport still writes the chunk it
+                had in hand when an interruption came, after the ``StopAudio``; ACS would play
+                it. A new answer cannot start that soon after a barge-in (the caller is
+                speaking). 0 disables.
         """
 
         sample_rate: int | None = None
         max_message_bytes: int | None = 64 * 1024
         resampler_quality: SoxrQuality = "LQ"
+        stale_audio_ms: float = 100.0
 
-    def __init__(self, call_id: str = "", params: InputParams | None = None):
+    def __init__(
+        self,
+        call_id: str = "",
+        params: InputParams | None = None,
+        *,
+        on_bad_input: Callable[[str], Awaitable[None]] | None = None,
+    ):
         """Initialize the serializer.
 
         Args:
             call_id: ACS call connection id, used in log lines.
             params: Configuration parameters.
+            on_bad_input: Awaited with the kind of every rejected inbound message, after it
+                was counted; it runs in the transport's receive loop, so it must be quick.
 
         Raises:
             ValueError: ``params.sample_rate`` is not a rate ACS streams.
@@ -97,9 +115,11 @@ class ACSMediaSerializer(FrameSerializer):
         super().__init__(params)
         self._params: ACSMediaSerializer.InputParams = params
         self._call_id = call_id
+        self._on_bad_input = on_bad_input
         self._call_rate = params.sample_rate or ACS_DEFAULT_SAMPLE_RATE
         self._rate_known = params.sample_rate is not None
         self._pipeline_in_rate: int | None = None
+        self._stopped_at: float | None = None  # time.monotonic() of the last StopAudio
         self._new_resamplers()
         self.bad_input: Counter[str] = Counter()
         """Rejected inbound messages by kind, for metrics and tests."""
@@ -119,12 +139,17 @@ class ACSMediaSerializer(FrameSerializer):
         Returns:
             ``AudioData`` JSON with the frame's audio resampled to the call rate, ``StopAudio``
             JSON for an ``InterruptionFrame``, or None for other frames (and for audio the
-            resampler is still holding).
+            resampler is still holding, or stale audio, see ``stale_audio_ms``).
         """
         if isinstance(frame, InterruptionFrame):
             await self._output_resampler.reset()
+            self._stopped_at = time.monotonic()
             return STOP_AUDIO_MESSAGE
         if isinstance(frame, OutputAudioRawFrame):
+            if self._stopped_at is not None:
+                if (time.monotonic() - self._stopped_at) * 1000 < self._params.stale_audio_ms:
+                    return None
+                self._stopped_at = None
             pcm = await self._output_resampler.resample(
                 frame.audio, frame.sample_rate, self._call_rate
             )
@@ -144,6 +169,8 @@ class ACSMediaSerializer(FrameSerializer):
             return await self._deserialize(data)
         except _BadInput as bad:
             self._count_bad_input(bad.kind, bad.detail)
+            if self._on_bad_input is not None:
+                await self._on_bad_input(bad.kind)
             return None
 
     async def _deserialize(self, data: str | bytes) -> Frame | None:
