@@ -10,11 +10,16 @@ loop on the caller side neither delays the frames sent nor the arrival times rec
 caller's ``max_send_lag_ms`` says how far its own loop fell behind; when it is large, the
 latencies measured by that process are not to be trusted.
 
-Pacing: an *answer* is the bot audio of one turn, from its first voiced chunk until the next turn's
-end of speech or the next ``StopAudio``, whichever is first. Within an answer, every gap of more
-than :data:`LATE_GAP_MS` between consecutive chunks counts as a late frame (a 20 ms frame is due
-every 20 ms); an *underrun* is a chunk that arrived after everything before it in the answer
-would already have finished playing (the caller heard a hole).
+Latency: a turn's voice-to-voice time runs from the send time of its last voiced frame (as the
+simulator reports it) to the arrival of its answer's first voiced chunk; :func:`answer_starts`
+tells which burst of bot audio answers which turn, so that under overload an answer arriving a
+turn late is counted late, not as a quick answer to the next turn.
+
+Pacing: an *answer* is the bot audio from its start until the next answer starts or a
+``StopAudio`` arrives. Within an answer, every gap of more than :data:`LATE_GAP_MS` between
+consecutive chunks counts as a late frame (a 20 ms frame is due every 20 ms); an *underrun* is
+a chunk that arrived after everything before it in the answer would already have finished
+playing (the caller heard a hole).
 """
 
 from __future__ import annotations
@@ -30,10 +35,16 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 #: Calls one worker process places at most.
 CALLS_PER_PROCESS = 50
 #: A gap between consecutive bot frames of one answer above this (ms) is a late frame.
 LATE_GAP_MS = 40.0
+#: A voiced bot chunk more than this (ms) after the chunk before it starts a new answer.
+BURST_GAP_MS = 250.0
+#: Bot audio at least this loud (RMS, dBFS) is voiced, as in the ACS simulator.
+VOICED_DBFS = -45.0
 #: Silence each caller sends after connecting, before its first turn (ms).
 LEAD_IN_MS = 500
 #: Seconds a call may take beyond its planned length before it is abandoned.
@@ -53,6 +64,8 @@ class CallPlan:
     call_id: str
     start_at: float
     turns: tuple[tuple[str, int], ...]
+    min_answer_ms: float = 0.0
+    """No answer can arrive sooner after the end of speech (the declared waits, in ms)."""
     lead_in_ms: int = LEAD_IN_MS
 
     @property
@@ -118,26 +131,74 @@ def plan_turns(
         used += length
 
 
+BotChunk = tuple[float, float, bool]
+"""One bot audio chunk: arrival (ms since the call started), duration (ms), voiced or not."""
+
+
+def voiced(pcm: bytes, threshold_dbfs: float = VOICED_DBFS) -> bool:
+    """Whether 16-bit PCM is at least ``threshold_dbfs`` loud (RMS, dB of full scale)."""
+    samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float64)
+    if samples.size == 0:
+        return False
+    rms = math.sqrt(float(np.mean(samples * samples)))
+    return rms > 0 and 20 * math.log10(rms / 32768) >= threshold_dbfs
+
+
+def answer_starts(
+    chunks: Sequence[BotChunk],
+    speech_ends: Sequence[float | None],
+    stop_audio_ms: Sequence[float],
+    min_answer_ms: float,
+) -> list[float | None]:
+    """When each turn's answer started to arrive (ms since the call started), None if it did not.
+
+    An answer starts with a voiced chunk that begins a burst: the call's first chunk, one after
+    a ``StopAudio``, or one more than :data:`BURST_GAP_MS` after the chunk before it. Turn i's
+    answer is the first burst starting in ``[end_i + min_answer_ms, end_i+1 + min_answer_ms)``,
+    ``end`` being the turns' ends of speech: no answer can come sooner than the declared waits
+    after the speech it answers, so a late answer to one turn is not taken for the next one's.
+    """
+    bursts: list[float] = []
+    previous: float | None = None
+    in_burst = False  # a voiced chunk has started the current burst
+    for t, _, is_voiced in chunks:
+        gap = math.inf if previous is None else t - previous
+        stopped = previous is not None and any(previous < s <= t for s in stop_audio_ms)
+        if gap > BURST_GAP_MS or stopped:
+            in_burst = False
+        if is_voiced and not in_burst:
+            bursts.append(t)
+            in_burst = True
+        previous = t
+    starts: list[float | None] = []
+    for i, end in enumerate(speech_ends):
+        if end is None:
+            starts.append(None)
+            continue
+        following = [e for e in speech_ends[i + 1 :] if e is not None]
+        lo = end + min_answer_ms
+        hi = following[0] + min_answer_ms if following else math.inf
+        starts.append(next((b for b in bursts if lo <= b < hi), None))
+    return starts
+
+
 def pacing_of(
-    chunks: Sequence[tuple[float, float]],
-    answer_starts: Sequence[float | None],
-    window_ends: Sequence[float],
+    chunks: Sequence[BotChunk],
+    starts: Sequence[float | None],
     stop_audio_ms: Sequence[float],
 ) -> Pacing:
-    """Count late frames and underruns of a call's answers.
+    """Count the late frames and underruns of a call's answers (see the module docstring).
 
-    Args:
-        chunks: ``(arrival ms, duration ms)`` of every bot audio chunk, in arrival order.
-        answer_starts: Per turn, the arrival of the answer's first voiced chunk (None: none).
-        window_ends: Per turn, when the next turn's speech ended (``inf`` for the last turn).
-        stop_audio_ms: Arrival times of the bot's ``StopAudio`` messages.
+    ``starts`` are the answers' starts from :func:`answer_starts`; an answer lasts until the
+    next answer starts or a ``StopAudio`` arrives.
     """
     pacing = Pacing()
-    for start, window_end in zip(answer_starts, window_ends, strict=True):
+    for i, start in enumerate(starts):
         if start is None:
             continue
-        end = min([window_end, *(t for t in stop_audio_ms if t > start)])
-        answer = [(t, d) for t, d in chunks if start <= t < end]
+        later = [s for s in starts[i + 1 :] if s is not None]
+        end = min([*later[:1], *(t for t in stop_audio_ms if t > start), math.inf])
+        answer = [(t, d) for t, d, _ in chunks if start <= t < end]
         if not answer:
             continue
         pacing.answers += 1
@@ -174,20 +235,20 @@ async def place_call(plan: CallPlan) -> CallResult:
     if result.connected_at is None:
         return result
     report = sim.report()
-    result.latencies_ms = [turn.latency_ms for turn in report.turns]
     result.stop_audio = len(report.stop_audio_ms)
     result.max_send_lag_ms = report.max_send_lag_ms
     result.closed_by, result.close_code = report.closed_by, report.close_code
     if report.error and result.error is None:
         result.error = report.error
-    ends = [t.speech_end_ms for t in report.turns[1:]]
     bytes_per_ms = sim.sample_rate * 2 / 1000
-    result.pacing = pacing_of(
-        [(c.t_ms, len(c.pcm) / bytes_per_ms) for c in sim.bot_audio],
-        [turn.first_bot_audio_ms for turn in report.turns],
-        [math.inf if end is None else end for end in ends] + [math.inf],
-        report.stop_audio_ms,
-    )
+    chunks = [(c.t_ms, len(c.pcm) / bytes_per_ms, voiced(c.pcm)) for c in sim.bot_audio]
+    ends = [turn.speech_end_ms for turn in report.turns]
+    starts = answer_starts(chunks, ends, report.stop_audio_ms, plan.min_answer_ms)
+    result.latencies_ms = [
+        None if start is None or end is None else start - end
+        for start, end in zip(starts, ends, strict=True)
+    ]
+    result.pacing = pacing_of(chunks, starts, report.stop_audio_ms)
     return result
 
 

@@ -81,7 +81,11 @@ def parse_counts(text: str) -> tuple[int, ...]:
 
 
 def make_plans(
-    calls: int, urls: Sequence[tuple[str, str]], config: BenchConfig, start_at: float
+    calls: int,
+    urls: Sequence[tuple[str, str]],
+    config: BenchConfig,
+    start_at: float,
+    min_answer_ms: float,
 ) -> list[CallPlan]:
     """One plan per ``(url, call id)``; starts spread evenly over the stagger."""
     from voicebot.testing.wav import sample
@@ -89,7 +93,7 @@ def make_plans(
     turns = plan_turns([sample(name) for name in SAMPLES], config.duration_secs, config.pause_ms)
     step = config.stagger_for(calls) / calls
     return [
-        CallPlan(i, url, call_id, start_at + i * step, turns)
+        CallPlan(i, url, call_id, start_at + i * step, turns, min_answer_ms)
         for i, (url, call_id) in enumerate(urls)
     ]
 
@@ -114,10 +118,13 @@ async def run_side(
     from voicebot.acs.tokens import media_url
 
     ids = [f"bench-{side}-{calls}-{i}-{uuid.uuid4().hex[:8]}" for i in range(calls)]
+    # No answer can come sooner after the end of speech than the declared waits, even if the
+    # VAD were to report the stop at once.
+    earliest = budget.floor_ms(side) - budget.vad_stop_ms
     if side == "voicebot" and config.url:
         key = _signing_key_from_env()
         urls = [(media_url(config.url, key, call_id, 3600), call_id) for call_id in ids]
-        results = await place_calls_in_processes(make_plans(calls, urls, config, _soon()))
+        results = await place_calls_in_processes(make_plans(calls, urls, config, _soon(), earliest))
         summary = _summary(side, calls, results, budget, None, None)
         summary["server"] = config.url
         return summary
@@ -140,7 +147,9 @@ async def run_side(
             else:
                 ws = server.base_url.replace("http://", "ws://", 1)
                 urls = [(f"{ws}/ws", call_id) for call_id in ids]
-            results = await place_calls_in_processes(make_plans(calls, urls, config, _soon()))
+            results = await place_calls_in_processes(
+                make_plans(calls, urls, config, _soon(), earliest)
+            )
         finally:
             await sampler.stop()
         pid = server.pid
