@@ -4,7 +4,6 @@ call disconnected → the pipeline stops."""
 
 from __future__ import annotations
 
-import pytest
 from acs_support import serve, wait_until
 
 from voicebot.acs.calls import CallState
@@ -12,11 +11,6 @@ from voicebot.testing.acs_simulator import ACSCallSimulator
 from voicebot.testing.fake_call_automation import FakeCallAutomation
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="media.py verifies the media token against x-ms-call-connection-id, but the URL is "
-    "signed before ACS assigns that id (for the stream id in its call_id query parameter)",
-)
 async def test_an_answered_call_streams_until_acs_disconnects_it(acs: FakeCallAutomation) -> None:
     async with serve(acs) as server:
         response = await server.client.post(

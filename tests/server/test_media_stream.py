@@ -372,21 +372,19 @@ async def test_a_call_at_an_unsupported_rate_is_closed_as_a_protocol_violation(
 async def test_call_id_from_the_header_else_from_the_query(phone_server: ServerFactory) -> None:
     async with phone_server() as server:
         key = server.state.signing_key
-        # The header wins over the query: the token must be for the header's id.
-        header_signed = f"{server.ws_base}/api/v1/media/stream?call_id=q-1&token=" + sign(
-            key, "h-1", 60
-        )
-        async with connect(
-            header_signed, additional_headers={"x-ms-call-connection-id": "h-1"}
-        ) as ws:
+        # The token covers the URL's call_id (signed before ACS assigned its id); the call is
+        # then known by ACS's id from the header.
+        signed = f"{server.ws_base}/api/v1/media/stream?call_id=q-1&token=" + sign(key, "q-1", 60)
+        async with connect(signed, additional_headers={"x-ms-call-connection-id": "h-1"}) as ws:
             await ws.send(metadata_message())
             await wait_until(lambda: "h-1" in server.state.active, 2.0)
-        # No header: the call_id query parameter.
+        # No header: the call_id query parameter names the call.
         async with connect(server.media_url("q-2")) as ws:
             await ws.send(metadata_message())
             await wait_until(lambda: "q-2" in server.state.active, 2.0)
-        # A token for the query's id does not admit another id in the header.
-        refused = await close_of(server.media_url("q-3"), {"x-ms-call-connection-id": "h-3"})
+        # A token signed for another id does not admit this URL's call_id.
+        forged = f"{server.ws_base}/api/v1/media/stream?call_id=q-3&token=" + sign(key, "h-3", 60)
+        refused = await close_of(forged, {"x-ms-call-connection-id": "h-3"})
         assert refused == (1008, "invalid token signature")
         await wait_until(lambda: len(server.state.active) == 0, 2.0)
 

@@ -150,9 +150,10 @@ async def media_stream(websocket: WebSocket) -> None:
     """Run one call over this socket until either side ends it."""
     state = state_of(websocket)
     settings = state.settings
-    call_id = websocket.headers.get("x-ms-call-connection-id") or websocket.query_params.get(
-        "call_id", ""
-    )
+    # The URL was signed before ACS assigned the call connection id (answer/create), so the token
+    # covers the stream id in the URL's call_id; the call is known by ACS's id when it sends one.
+    stream_id = websocket.query_params.get("call_id", "")
+    call_id = websocket.headers.get("x-ms-call-connection-id") or stream_id
     correlation_id = websocket.headers.get("x-ms-call-correlation-id", "")
     await websocket.accept()
 
@@ -160,7 +161,7 @@ async def media_stream(websocket: WebSocket) -> None:
         logger.warning("media stream refused: no call id (header or call_id query parameter)")
         await websocket.close(POLICY_VIOLATION, "missing call id")
         return
-    problem = verify(state.signing_key, call_id, websocket.query_params.get("token"))
+    problem = verify(state.signing_key, stream_id, websocket.query_params.get("token"))
     if problem is not None:
         logger.warning(f"media stream for call {call_id} refused: {problem.value}")
         await websocket.close(POLICY_VIOLATION, problem.value)
@@ -243,6 +244,7 @@ async def media_stream(websocket: WebSocket) -> None:
     if guard.counts:
         logger.info(f"call {call_id}: bad input {guard.summary()}")
     logger.info(f"call {call_id} finished: {outcome.value}")
+    await state.calls.on_call_finished(call_id, outcome)
 
 
 async def _receive_data(websocket: WebSocket) -> str | bytes:
