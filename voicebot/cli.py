@@ -50,6 +50,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run the server (uvicorn) until interrupted."""
     import uvicorn
 
+    from voicebot.acs.control import CallControlSettingsError
     from voicebot.build.problems import ConfigError
     from voicebot.config import load_settings
     from voicebot.server import create_app
@@ -64,6 +65,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app = create_app(settings)
     except ConfigError as exc:
         print(f"voicebot serve: {settings.pipeline}: {exc}", file=sys.stderr)
+        return 1
+    except CallControlSettingsError as exc:
+        print(f"voicebot serve: {exc}", file=sys.stderr)
         return 1
     uvicorn.run(
         app, host=settings.host, port=settings.port, log_level="warning", ws="websockets-sansio"
