@@ -101,8 +101,8 @@ def _number_from_words(words: list[str]) -> str | None:
 def normalize(text: str) -> str:
     """Lower-case ``text`` with number words as digits and digit groups joined.
 
-    ``"My PIN is one two three four."`` → ``"my pin is 1234."``; ``"1234 5678"`` →
-    ``"12345678"``; ``"fifty dollars"`` → ``"50 dollars"``.
+    ``"My PIN is one two three four."`` → ``"my pin is 1234."``; ``"1, 2, 3, 4"`` → ``"1234"``;
+    ``"1234 5678"`` → ``"12345678"``; ``"fifty dollars"`` → ``"50 dollars"``.
     """
     lowered = text.lower().replace("\u2019", "'")
 
@@ -112,7 +112,13 @@ def normalize(text: str) -> str:
         return match.group(0) if digits is None else digits
 
     converted = _NUMBER_RUN.sub(words, lowered)
+    # Digits read out one by one, as speech recognisers write them: "1, 2, 3, 4" → "1234"
+    # ("1,234" keeps its thousands separator: no space after the comma).
+    converted = _SPOKEN_DIGITS.sub(lambda m: re.sub(r"\D", "", m.group(0)), converted)
     return re.sub(r"\b\d+(?:[ -]\d+)+\b", lambda m: re.sub(r"[ -]", "", m.group(0)), converted)
+
+
+_SPOKEN_DIGITS = re.compile(r"\b\d(?:,?\s+\d)+\b")
 
 
 # --------------------------------------------------------------------------------------------
