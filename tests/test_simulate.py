@@ -139,7 +139,7 @@ def test_a_base_url_without_a_secret_is_refused(monkeypatch: pytest.MonkeyPatch)
 
 async def test_fast_mode_runs_the_shipped_call_on_a_virtual_clock() -> None:
     report = await simulate(
-        REPO / "pipelines" / "acs_phone.yaml",
+        REPO / "pipelines" / "scripted_phone.yaml",
         [sample("help_bill"), sample("balance")],
         pause_secs=2.5,
         fast=True,
