@@ -9,9 +9,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import numpy as np
 import uvicorn
 from fastapi import FastAPI
 from opentelemetry.sdk.trace import ReadableSpan
+from pipecat.frames.frames import VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame
 from pydantic import SecretStr
 
 from voicebot.config import Settings
@@ -22,6 +24,23 @@ from voicebot.telemetry import CallObserver, Telemetry
 from voicebot.testing import CallHarness
 
 DEMO = Path(__file__).resolve().parents[2] / "pipelines" / "demo.yaml"
+
+#: The demo pipeline without its VAD: tests report the caller's speech as a VAD would
+#: (:func:`speak`), so no VAD inference runs on executor threads, which the virtual clock waits
+#: for in real time, and every declared latency lands exactly.
+SCRIPTED_VAD_PIPELINE = """\
+name: scripted-vad
+transport: acs
+audio: {in_rate: 16000, out_rate: 16000}
+call: {idle_timeout_secs: 60}
+processors:
+  - stt: {provider: fake}
+  - llm: {provider: fake}
+  - tts: {provider: fake}
+"""
+
+#: The VAD's stop_secs as :func:`speak` reports it.
+STOP_SECS = 0.2
 
 Spans = tuple[ReadableSpan, ...] | list[ReadableSpan]
 
@@ -40,6 +59,17 @@ def observe(harness: CallHarness, telemetry: Telemetry, **kwargs: object) -> Cal
     # CallHarness takes no observers of its own yet; its runner reads this list when it starts.
     harness.call._observers.append(observer)
     return observer
+
+
+async def speak(call: CallHarness, speech_ms: int = 1000) -> float:
+    """The caller speaks for ``speech_ms`` (a tone in real-time 20 ms frames), reported as a VAD
+    with ``stop_secs`` :data:`STOP_SECS` would; returns when the speech ended (s since start)."""
+    await call.send(VADUserStartedSpeakingFrame(start_secs=0.2))
+    t = np.arange(speech_ms * 16, dtype=np.float64) / 16000
+    ended = await call.speak((np.sin(2 * np.pi * 220 * t) * 8000).astype("<i2").tobytes())
+    await call.silence(STOP_SECS * 1000)
+    await call.send(VADUserStoppedSpeakingFrame(stop_secs=STOP_SECS))
+    return ended
 
 
 def by_name(spans: Spans, name: str) -> list[ReadableSpan]:

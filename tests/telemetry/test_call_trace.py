@@ -1,7 +1,8 @@
 """A simulated call's trace: one trace, a span per turn, STT/LLM/TTS/tool children, decisions.
 
-Calls run through CallHarness on the virtual clock with scripted services, so every declared
-latency shows up exactly in the spans' time-to-first-byte attributes.
+Calls run through CallHarness on the virtual clock with scripted services and the caller's speech
+reported as a VAD would (``speak``), so every declared latency shows up exactly in the spans'
+time-to-first-byte attributes. The bank call runs its real VAD.
 """
 
 from __future__ import annotations
@@ -12,22 +13,21 @@ from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from telemetry_support import by_name, children, observe
+from telemetry_support import STOP_SECS, by_name, children, observe, speak
 
 from voicebot.build.loader import load_pipeline
 from voicebot.telemetry import Telemetry, Tracing, hash_caller
 from voicebot.testing import CallHarness, FakeLLMParams, FakeSTTParams, FakeTTSParams, sample
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO = REPO / "pipelines" / "demo.yaml"
 BANK = REPO / "pipelines" / "bank.yaml"
 CALLER = "+14255550123"
 STT_MS, LLM_MS, TTS_MS = 120.0, 250.0, 90.0
 
 
-def demo_call(**kwargs: object) -> CallHarness:
+def demo_call(pipeline: Path, **kwargs: object) -> CallHarness:
     return CallHarness(
-        DEMO,
+        pipeline,
         stt=FakeSTTParams(transcripts=["What is my balance?", "Thanks."], final_delay_ms=STT_MS),
         llm=FakeLLMParams(replies=["It is 42 dollars.", "Bye."], ttft_ms=LLM_MS),
         tts=FakeTTSParams(first_byte_ms=TTS_MS),
@@ -36,15 +36,15 @@ def demo_call(**kwargs: object) -> CallHarness:
 
 
 async def two_turns(call: CallHarness) -> None:
-    for audio in ("balance", "hello"):
-        await call.speak(sample(audio))
+    for _ in range(2):
+        await speak(call)
         await call.wait(3)
 
 
 async def test_a_call_is_one_trace_with_a_span_per_turn_and_exact_service_latencies(
-    telemetry: Telemetry, exporter: InMemorySpanExporter
+    telemetry: Telemetry, exporter: InMemorySpanExporter, scripted: Path
 ) -> None:
-    harness = demo_call(call_id="call-1")
+    harness = demo_call(scripted, call_id="call-1")
     observer = observe(harness, telemetry, correlation_id="corr-1", caller=CALLER, pipeline="demo")
     async with harness as call:
         await two_turns(call)
@@ -78,17 +78,17 @@ async def test_a_call_is_one_trace_with_a_span_per_turn_and_exact_service_latenc
         assert turn.end_time - turn.start_time == pytest.approx(  # type: ignore[operator]
             attrs["voicebot.latency.voice_to_voice_ms"] * 1e6, abs=1
         )
-        # the STT span starts at the VAD's stop: stop_secs (0.2 s) after the end of speech
+        # the STT span starts at the VAD's stop: stop_secs after the end of speech
         (stt,) = by_name(kids, "stt")
-        assert stt.start_time - turn.start_time == 200_000_000  # type: ignore[operator]
+        assert stt.start_time - turn.start_time == STOP_SECS * 1e9  # type: ignore[operator]
     # content is off by default: nothing anyone said is on a span
     assert "balance" not in dump and "42 dollars" not in dump
 
 
 async def test_turn_spans_split_the_latency_into_stages_that_add_up(
-    telemetry: Telemetry, exporter: InMemorySpanExporter
+    telemetry: Telemetry, exporter: InMemorySpanExporter, scripted: Path
 ) -> None:
-    harness = demo_call()
+    harness = demo_call(scripted)
     observer = observe(harness, telemetry)
     async with harness as call:
         await two_turns(call)
@@ -112,12 +112,14 @@ async def test_turn_spans_split_the_latency_into_stages_that_add_up(
         )
 
 
-async def test_content_is_recorded_only_when_enabled(exporter: InMemorySpanExporter) -> None:
+async def test_content_is_recorded_only_when_enabled(
+    exporter: InMemorySpanExporter, scripted: Path
+) -> None:
     telemetry = Telemetry(tracing=Tracing.to(exporter), record_content=True)
-    harness = demo_call()
+    harness = demo_call(scripted)
     observer = observe(harness, telemetry)
     async with harness as call:
-        await call.speak(sample("balance"))
+        await speak(call)
         await call.wait(3)
     observer.finish()
 
@@ -192,15 +194,15 @@ async def test_agent_decisions_are_span_events_and_tools_are_spans(
 
 
 async def test_tracing_off_writes_no_spans_and_starts_no_threads(
-    exporter: InMemorySpanExporter,
+    exporter: InMemorySpanExporter, scripted: Path
 ) -> None:
     telemetry = Telemetry.from_env({})
     assert not telemetry.tracing.enabled and telemetry.tracing.provider is None
     threads = {t.name for t in threading.enumerate()}
-    harness = demo_call()
+    harness = demo_call(scripted)
     observer = observe(harness, telemetry)
     async with harness as call:
-        await call.speak(sample("balance"))
+        await speak(call)
         await call.wait(3)
     observer.finish()
     await telemetry.aclose()

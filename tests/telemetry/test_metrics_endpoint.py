@@ -5,34 +5,31 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-from telemetry_support import observe, server_app, serving, state
+from telemetry_support import observe, server_app, serving, speak, state
 
 from voicebot.telemetry import Telemetry, telemetry_for
-from voicebot.testing import CallHarness, FakeLLMParams, FakeSTTParams, no_leaked_tasks, sample
-
-REPO = Path(__file__).resolve().parents[2]
-DEMO = REPO / "pipelines" / "demo.yaml"
+from voicebot.testing import CallHarness, FakeLLMParams, FakeSTTParams, no_leaked_tasks
 
 
-async def place_call(telemetry: Telemetry) -> None:
+async def place_call(telemetry: Telemetry, pipeline: Path) -> None:
     """One simulated call, counted in ``telemetry``: a question and its answer."""
     harness = CallHarness(
-        DEMO,
+        pipeline,
         stt=FakeSTTParams(transcripts=["What is my balance?"]),
         llm=FakeLLMParams(replies=["It is 42 dollars."]),
         call_id="metrics-call",
     )
     observer = observe(harness, telemetry)
     async with harness as call:
-        await call.speak(sample("balance"))
+        await speak(call)
         await call.wait(3)
     observer.finish(call.call.outcome)
 
 
-async def test_metrics_are_served_in_prometheus_text_format_after_a_call() -> None:
+async def test_metrics_are_served_in_prometheus_text_format_after_a_call(scripted: Path) -> None:
     app = server_app()
     telemetry = telemetry_for(state(app).resources)
-    await place_call(telemetry)
+    await place_call(telemetry, scripted)
     telemetry.record_bad_input("invalid_json")
     telemetry.record_bad_input("invalid_json")
     telemetry.record_error("transport", "connectivity")

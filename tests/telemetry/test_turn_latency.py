@@ -6,6 +6,7 @@ transport's pipeline would); the harness tests run real calls on the virtual clo
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,7 +32,7 @@ from pipecat.frames.frames import (
 from pipecat.observers.base_observer import FramePushed
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.utils.errors import ErrorCategory
-from telemetry_support import observe
+from telemetry_support import observe, speak
 
 from voicebot.telemetry import CallObserver, Metrics, Telemetry, TurnLatency
 from voicebot.telemetry.turns import split
@@ -41,7 +42,6 @@ from voicebot.testing import (
     FakeLLMService,
     FakeSTTParams,
     FakeTTSParams,
-    sample,
 )
 
 MS = 1_000_000  # ns
@@ -201,17 +201,17 @@ async def test_tts_audio_does_not_answer_before_the_output_transport_sends_it() 
     await feed(1500, TTSStoppedFrame(context_id="c"))
 
 
-async def test_a_harness_call_breakdown_sums_to_voice_to_voice_exactly() -> None:
+async def test_a_harness_call_breakdown_sums_to_voice_to_voice_exactly(scripted: Path) -> None:
     telemetry = Telemetry()
     harness = CallHarness(
-        "pipelines/demo.yaml",
+        scripted,
         stt=FakeSTTParams(transcripts=["What is my balance?"], final_delay_ms=150),
         llm=FakeLLMParams(replies=["Your balance is 42 dollars."], ttft_ms=300),
         tts=FakeTTSParams(first_byte_ms=150),
     )
     observer = observe(harness, telemetry)
     async with harness as call:
-        await call.speak(sample("balance"))
+        spoke_until = await speak(call)
         first_audio = await call.wait_for(TTSAudioRawFrame)
         await call.wait(3)
     observer.finish(call.call.outcome)
@@ -228,11 +228,4 @@ async def test_a_harness_call_breakdown_sums_to_voice_to_voice_exactly() -> None
         "overhead": 50 + 40,
     }
     assert turn.voice_to_voice_ms == pytest.approx(sum(turn.stages_ms.values()), abs=1e-9)
-    (vad_stop,) = [
-        r.at
-        for r in call.frames
-        if isinstance(r.frame, VADUserStoppedSpeakingFrame) and r.direction is DOWN
-    ]
-    assert turn.voice_to_voice_ms == pytest.approx(
-        (first_audio.at - vad_stop + 0.2) * 1000, abs=1e-6
-    )
+    assert turn.voice_to_voice_ms == pytest.approx((first_audio.at - spoke_until) * 1000, abs=1e-6)
