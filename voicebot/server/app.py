@@ -15,6 +15,7 @@ from voicebot.build.loader import PipelineSpec, load_pipeline
 from voicebot.config import Settings, load_settings
 from voicebot.runner import ActiveCalls
 from voicebot.services.resources import SharedResources
+from voicebot.telemetry import telemetry_for
 
 
 @dataclass
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             f"up to {settings.max_calls} calls"
             + (" — no Azure settings: offline providers, no call control" if offline else "")
         )
+        telemetry_for(state.resources)  # bad OTEL_* settings stop start-up here
         await warm_up(spec, state.resources)
         try:
             yield
@@ -70,9 +72,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="voicebot", lifespan=lifespan)
     app.state.voicebot = state
 
-    from voicebot.server import calls, health, media
+    from voicebot.server import calls, health, media, metrics
 
     app.include_router(health.router, prefix="/api/v1")
     app.include_router(media.router, prefix="/api/v1")
     app.include_router(calls.router, prefix="/api/v1")
+    app.include_router(metrics.router, prefix="/api/v1")
     return app

@@ -42,6 +42,7 @@ from voicebot.processors.transcript import (
 )
 from voicebot.runner import CallOutcome, CallRunner
 from voicebot.server.app import AppState, state_of
+from voicebot.telemetry import telemetry_for
 from voicebot.transports.acs import ACS_SAMPLE_RATES, ACSMediaSerializer
 
 router = APIRouter(tags=["media"])
@@ -188,6 +189,11 @@ async def media_stream(websocket: WebSocket) -> None:
         return
     call_rate = _metadata_rate(first) if first is not None else None
     record = transcripts(state).start(call_id)
+    telemetry = telemetry_for(state.resources)
+
+    async def count_bad_input(kind: str) -> None:
+        telemetry.record_bad_input(kind)
+        await guard(kind)
 
     async def close_flooded(code: int, reason: str) -> None:
         if websocket.application_state == WebSocketState.CONNECTED:
@@ -200,7 +206,7 @@ async def media_stream(websocket: WebSocket) -> None:
         ACSMediaSerializer.InputParams(
             sample_rate=call_rate, max_message_bytes=settings.max_message_bytes
         ),
-        on_bad_input=guard,
+        on_bad_input=count_bad_input,
     )
     if first is not None and call_rate is None:
         # Counted under its kind like any later bad message. Were it valid DTMF, the digit is
@@ -221,6 +227,13 @@ async def media_stream(websocket: WebSocket) -> None:
             allowed_origins=[],
         ),
     )
+    known = await state.calls.get(call_id)
+    observed = telemetry.call(
+        call_id,
+        correlation_id=correlation_id,
+        caller=known.caller if known is not None else None,
+        pipeline=state.spec.name,
+    )
     call = CallRunner(
         state.spec,
         call_id=call_id,
@@ -228,7 +241,7 @@ async def media_stream(websocket: WebSocket) -> None:
         input=transport.input(),
         output=transport.output(),
         active=state.active,
-        observers=[TranscriptRecorder(record)],
+        observers=[TranscriptRecorder(record), observed],
     )
 
     @transport.event_handler("on_client_disconnected")
@@ -241,6 +254,7 @@ async def media_stream(websocket: WebSocket) -> None:
         outcome = await call.run()
     finally:
         record.finish((call.outcome or CallOutcome.COMPLETED).value)
+        observed.finish(call.outcome, call.error)
     if guard.counts:
         logger.info(f"call {call_id}: bad input {guard.summary()}")
     logger.info(f"call {call_id} finished: {outcome.value}")
