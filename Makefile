@@ -12,10 +12,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev,local]"
 	touch $(STAMP)
 
-## demo: set up, then place a simulated call through pipelines/demo.yaml (offline, no credentials)
+CALLER := voicebot/testing/data
+DEMO_TURNS := $(foreach t,bill account pin balance,--audio $(CALLER)/bank_$(t).wav)
+
+## demo: set up, then place a simulated phone call to the bank (offline, no credentials)
 demo: $(STAMP)
 	$(BIN)/voicebot validate pipelines/*.yaml examples/*/pipeline.yaml
-	$(BIN)/voicebot call --pipeline pipelines/demo.yaml --out demo-bot.wav
+	$(BIN)/voicebot --log-level WARNING call --pipeline pipelines/acs_phone.yaml $(DEMO_TURNS) --out demo-bot.wav
 
 ## test: set up, then run every test (unit, integration, examples)
 test: $(STAMP)
