@@ -137,6 +137,8 @@ async def run_side(
         await asyncio.sleep(SETTLE_SECS)
         idle = sampler.read()
         idle_cpu = sampler.cpu_percent(before.t, idle.t) if before and idle else None
+        # How busy the machine was before any call: other work that competes with the run.
+        idle_machine = sampler.machine_percent(before.t, idle.t) if before and idle else None
         sampler.start()
         try:
             if side == "voicebot":
@@ -155,6 +157,7 @@ async def run_side(
         pid = server.pid
     summary = _summary(side, calls, results, budget, sampler, idle.rss if idle else None)
     summary["cpu_percent_idle"] = None if idle_cpu is None else round(idle_cpu, 1)
+    summary["machine_cpu_percent_idle"] = None if idle_machine is None else round(idle_machine, 1)
     summary["server_exited"] = process_gone(pid)
     return summary
 
