@@ -35,6 +35,7 @@ from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPI
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from voicebot.acs.tokens import verify
+from voicebot.acs.transfer import TransferObserver
 from voicebot.processors.transcript import (
     TRANSCRIPTS_RESOURCE,
     TranscriptRecorder,
@@ -241,7 +242,7 @@ async def media_stream(websocket: WebSocket) -> None:
         input=transport.input(),
         output=transport.output(),
         active=state.active,
-        observers=[TranscriptRecorder(record), observed],
+        observers=[TranscriptRecorder(record), observed, TransferObserver(call_id, state.calls)],
     )
 
     @transport.event_handler("on_client_disconnected")
