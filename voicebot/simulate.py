@@ -106,11 +106,10 @@ class CallReport:
 class LocalServer:
     """A voicebot server in this event loop on 127.0.0.1 and a free port (async context manager).
 
-    ``settings.host``/``port`` are ignored. Starting builds the pipeline once, so the first
-    call is not held up by lazy imports and model loads (≈1 s that would block the event loop,
-    the caller's side included), then waits until uvicorn listens (at most ``start_timeout``
-    s). Leaving stops it — open calls are cancelled by the app's shutdown — within
-    ``stop_timeout`` s, after which its task is cancelled.
+    ``settings.host``/``port`` are ignored. Starting waits until uvicorn listens, the app's
+    lifespan having warmed the providers up (at most ``start_timeout`` s). Leaving stops it —
+    open calls are cancelled by the app's shutdown — within ``stop_timeout`` s, after which its
+    task is cancelled.
     """
 
     def __init__(
@@ -150,24 +149,9 @@ class LocalServer:
 
         return transcripts(self.state).get(call_id)
 
-    def _warm_up(self) -> None:
-        from voicebot.build.builder import build_processors
-        from voicebot.build.context import BuildContext
-
-        spec = self.state.spec
-        context = BuildContext(
-            call_id="warm-up",
-            audio=spec.audio,
-            resources=self.state.resources,
-            base_dir=spec.file.parent,
-            env=spec.env,
-        )
-        build_processors(spec, context)
-
     async def __aenter__(self) -> LocalServer:
         import uvicorn
 
-        self._warm_up()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))

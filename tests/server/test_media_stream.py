@@ -99,6 +99,11 @@ async def silence_until(
     raise TimeoutError(f"condition not met within {timeout_ms} ms of call time")
 
 
+def bot_bytes(sim: ACSCallSimulator, since: int = 0) -> int:
+    """Bytes of bot audio received, from the ``since``-th chunk on."""
+    return sum(len(c.pcm) for c in sim.bot_audio[since:])
+
+
 async def finished(server: LocalServer, call_id: str) -> CallTranscript:
     """The server's record of ``call_id`` once the call has ended there."""
     record = server.transcript(call_id)
@@ -161,18 +166,21 @@ async def wait_until(condition: Callable[[], bool], timeout: float) -> float:
 async def test_greeting_then_an_answer_to_a_spoken_question(phone_server: ServerFactory) -> None:
     async with phone_server(greeting=True) as server:
         async with simulator(server, "call-1") as sim:
-            await silence_until(sim, lambda: bool(sim.bot_audio))
-            await sim.silence(GREETING_MS + 300)
+            await silence_until(sim, lambda: bot_bytes(sim) >= GREETING_MS * 32)
+            await sim.silence(200)
             greeting = sim.bot_audio
-            await sim.play([Turn(sample("balance"), pause_after_ms=3000)])
+            await sim.play([Turn(sample("balance"), pause_after_ms=0)])
+            answered = len(greeting)
+            await silence_until(sim, lambda: bot_bytes(sim, answered) >= ANSWER_BYTES)
+            await sim.silence(200)
         report = sim.report()
         record = await finished(server, "call-1")
 
     assert sum(len(c.pcm) for c in greeting) == GREETING_MS * 32  # 16 kHz PCM16: 32 bytes/ms
     [turn] = report.turns
-    assert turn.latency_ms is not None
-    assert 300 < turn.latency_ms < 2500, report
-    answer = [c for c in sim.bot_audio if c.t_ms >= turn.first_bot_audio_ms]  # type: ignore[operator]
+    assert turn.latency_ms is not None and turn.first_bot_audio_ms is not None
+    assert 300 < turn.latency_ms < 3000, report
+    answer = [c for c in sim.bot_audio if c.t_ms >= turn.first_bot_audio_ms]
     assert sum(len(c.pcm) for c in answer) == ANSWER_BYTES
     assert said(record) == [("bot", GREETING), ("user", QUESTION), ("bot", ANSWER)]
     assert record.outcome == "cancelled"  # the caller hung up
@@ -200,7 +208,7 @@ async def test_barge_in_stops_the_answer(phone_server: ServerFactory) -> None:
     assert 0 < sum(len(c.pcm) for c in first_answer) < ANSWER_BYTES  # cut short
     # After StopAudio, nothing more of that answer: the line is quiet until the next one.
     assert not [c for c in sim.bot_audio if stop < c.t_ms <= barge_in_end]
-    assert report.turns[1].latency_ms is not None and report.turns[1].latency_ms < 2500
+    assert report.turns[1].latency_ms is not None and report.turns[1].latency_ms < 3000
     # What the caller heard: the first answer up to StopAudio, then the second one.
     heard_ms = len(sim.bot_playout()) / 32 - answer_start
     assert heard_ms > 2000
@@ -409,13 +417,14 @@ async def test_24khz_call_on_a_16khz_pipeline_gets_960_byte_frames_every_20ms(
 ) -> None:
     async with phone_server(greeting=True) as server:
         async with simulator(server, "call-1", sample_rate=24000) as sim:
-            await silence_until(sim, lambda: bool(sim.bot_audio))
-            await sim.silence(GREETING_MS + 300)
+            await silence_until(sim, lambda: bot_bytes(sim) >= GREETING_MS * 48 - 960)
+            await sim.silence(200)
         chunks = sim.bot_audio
 
     sizes = [len(c.pcm) for c in chunks]
     assert set(sizes[:-1]) == {960}, sizes  # 20 ms at 24 kHz; the resampler may cut the last
     assert abs(sum(sizes) - GREETING_MS * 48) <= 960
     gaps = [b.t_ms - a.t_ms for a, b in zip(chunks, chunks[1:], strict=False)]
-    assert 17.0 < statistics.median(gaps) < 23.0, gaps
-    assert 17.0 < (chunks[-1].t_ms - chunks[0].t_ms) / len(gaps) < 23.0, gaps
+    # Paced in real time; generous bounds, as a loaded machine delays both ends.
+    assert 16.0 < statistics.median(gaps) < 24.0, gaps
+    assert 16.0 < (chunks[-1].t_ms - chunks[0].t_ms) / len(gaps) < 30.0, gaps
