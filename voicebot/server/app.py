@@ -14,6 +14,11 @@ from voicebot.build.builder import warm_up
 from voicebot.build.loader import PipelineSpec, load_pipeline
 from voicebot.config import Settings, load_settings
 from voicebot.runner import ActiveCalls
+from voicebot.services.azure import (
+    AzureSpeechSettingsError,
+    SynthesizerPoolSettings,
+    speech_credentials,
+)
 from voicebot.services.resources import SharedResources
 from voicebot.telemetry import telemetry_for
 
@@ -48,6 +53,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """A voicebot server app. The pipeline is validated here, so a bad file stops start-up."""
     settings = settings or load_settings()
     spec = load_pipeline(settings.pipeline)
+    try:  # Azure speech settings are checked now, every problem at once, not at the first call
+        SynthesizerPoolSettings.from_env()
+        if any(step.provider.name == "azure" for step in spec.steps):
+            speech_credentials()
+    except AzureSpeechSettingsError as exc:
+        raise SystemExit(str(exc)) from None
     state = AppState(settings=settings, spec=spec, signing_key=settings.media_signing_key())
     state.calls = CallControl.from_settings(settings, spec, state.active, state.signing_key)
 

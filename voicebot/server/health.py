@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from voicebot.server.app import state_of
+from voicebot.services.azure import speech_status
 
 router = APIRouter(tags=["health"])
 
@@ -29,5 +30,7 @@ async def ready(request: Request) -> dict[str, Any]:
         "call_automation": state.calls.status(),
         "resources": {"status": "ok", "loaded": state.resources.keys()},
     }
+    if (speech := speech_status(state.resources)) is not None:
+        checks["azure_speech"] = speech  # a cold pool slows first audio; it does not block calls
     ready_now = checks["calls"]["status"] == "ok"
     return {"status": "ready" if ready_now else "full", "checks": checks}
