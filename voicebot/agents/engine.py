@@ -26,33 +26,20 @@ from pipecat.frames.frames import (
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.llm_service import LLMService
-from pipecat.services.settings import LLMSettings
 
 from voicebot.agents.policy import Choice, Rule, decide, render, render_reply, template_context
 from voicebot.agents.schema import HUMAN
 from voicebot.agents.session import AgentSession
 from voicebot.agents.store import END_CALL, TRANSFER_PREFIX
 from voicebot.agents.tools import redacted
+from voicebot.services.conversation import unset_llm_settings
 
 
 class PolicyLLMService(LLMService):
     """Answers from the active agent's policy instead of a model; see the module docstring."""
 
     def __init__(self, session: AgentSession, **kwargs: Any) -> None:
-        settings = LLMSettings(
-            model="policy",
-            system_instruction=None,
-            temperature=None,
-            max_tokens=None,
-            top_p=None,
-            top_k=None,
-            frequency_penalty=None,
-            presence_penalty=None,
-            seed=None,
-            filter_incomplete_user_turns=None,
-            user_turn_completion_config=None,
-            use_provider_thinking_default=False,
-        )
+        settings = unset_llm_settings("policy")
         super().__init__(settings=settings, **kwargs)
         self._session = session
         # tool_call_id → (rule whose reply waits for the result, agent that made the call)

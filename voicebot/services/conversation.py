@@ -16,6 +16,7 @@ from pipecat.processors.aggregators.llm_response_universal import (
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.services.llm_service import LLMService
+from pipecat.services.settings import LLMSettings
 from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,6 +35,25 @@ class ConversationParams(BaseModel):
     user_speech_timeout_ms: float = Field(default=200.0, ge=0)
     """After the caller stops speaking (VAD), wait this long for more speech before the turn ends.
     Replaces pipecat's default smart-turn model, which costs a model per call."""
+
+
+def unset_llm_settings(model: str) -> LLMSettings:
+    """pipecat LLM settings with every tunable left unset, for LLM services that aren't models
+    (a scripted fake, the offline policy): pipecat wants every field given."""
+    return LLMSettings(
+        model=model,
+        system_instruction=None,
+        temperature=None,
+        max_tokens=None,
+        top_p=None,
+        top_k=None,
+        frequency_penalty=None,
+        presence_penalty=None,
+        seed=None,
+        filter_incomplete_user_turns=None,
+        user_turn_completion_config=None,
+        use_provider_thinking_default=False,
+    )
 
 
 def conversation(llm: LLMService, params: ConversationParams) -> Built:

@@ -175,42 +175,37 @@ def azure_openai_client(params: AzureOpenAIParams, resources: SharedResources) -
 # --------------------------------------------------------------------------------------------
 
 
-class SharedClientOpenAILLMService(OpenAILLMService):
+class _SharedClient:
+    """Makes a pipecat OpenAI-family service use the process's client instead of its own."""
+
+    _shared_client: AsyncOpenAI
+
+    def create_client(
+        self,
+        api_key: Any = None,
+        base_url: Any = None,
+        organization: Any = None,
+        project: Any = None,
+        default_headers: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        return self._shared_client
+
+
+class SharedClientOpenAILLMService(_SharedClient, OpenAILLMService):
     """pipecat's ``OpenAILLMService`` on a client shared by every call of the process."""
 
     def __init__(self, *, client: AsyncOpenAI, **kwargs: Any) -> None:
         self._shared_client = client
         super().__init__(api_key="unused", **kwargs)
 
-    def create_client(
-        self,
-        api_key: Any = None,
-        base_url: Any = None,
-        organization: Any = None,
-        project: Any = None,
-        default_headers: Any = None,
-        **kwargs: Any,
-    ) -> Any:
-        return self._shared_client
 
-
-class SharedClientAzureLLMService(AzureLLMService):
+class SharedClientAzureLLMService(_SharedClient, AzureLLMService):
     """pipecat's ``AzureLLMService`` on a client shared by every call of the process."""
 
     def __init__(self, *, client: AsyncOpenAI, endpoint: str, **kwargs: Any) -> None:
         self._shared_client = client
         super().__init__(endpoint=endpoint, api_key="unused", **kwargs)
-
-    def create_client(
-        self,
-        api_key: Any = None,
-        base_url: Any = None,
-        organization: Any = None,
-        project: Any = None,
-        default_headers: Any = None,
-        **kwargs: Any,
-    ) -> Any:
-        return self._shared_client
 
 
 def _settings(cls: type[OpenAILLMService], model: str, params: _ClientParams) -> Any:

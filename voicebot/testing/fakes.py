@@ -42,12 +42,14 @@ from pipecat.frames.frames import (
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.llm_service import LLMService
-from pipecat.services.settings import LLMSettings, STTSettings, TTSSettings
+from pipecat.services.settings import STTSettings, TTSSettings
 from pipecat.services.stt_service import STTService
 from pipecat.services.tts_service import TTSService
 from pipecat.transcriptions.language import Language
 from pipecat.utils.time import time_now_iso8601
 from pydantic import BaseModel, ConfigDict, Field
+
+from voicebot.services.conversation import unset_llm_settings
 
 __all__ = [
     "FakeLLMParams",
@@ -336,20 +338,7 @@ class FakeLLMService(LLMService):
             params: The script and its timings.
             **kwargs: Forwarded to ``LLMService`` (e.g. ``run_in_parallel``).
         """
-        settings = LLMSettings(
-            model="fake",
-            system_instruction=None,
-            temperature=None,
-            max_tokens=None,
-            top_p=None,
-            top_k=None,
-            frequency_penalty=None,
-            presence_penalty=None,
-            seed=None,
-            filter_incomplete_user_turns=None,
-            user_turn_completion_config=None,
-            use_provider_thinking_default=False,
-        )
+        settings = unset_llm_settings("fake")
         super().__init__(settings=settings, **kwargs)
         self._params = params
         self._script = params.script()
