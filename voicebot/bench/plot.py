@@ -27,16 +27,41 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
 
     fig, (latency, cpu) = plt.subplots(1, 2, figsize=(11, 4.2))
     floors = report["config"]["floor_ms"]
+    steps = report["steps"]
+    finite = [
+        s[side]["voice_to_voice_ms"][pct]
+        for s in steps
+        for side in COLORS
+        if s.get(side)
+        for pct in ("p50", "p95")
+        if s[side]["voice_to_voice_ms"][pct] is not None
+    ]
+    # A percentile that fell on unanswered turns has no value: drawn as an x on this line.
+    ceiling = 1.08 * max(finite, default=1000.0)
     for side, color in COLORS.items():
-        points = [(s["calls"], s[side]) for s in report["steps"] if s.get(side)]
+        points = [(s["calls"], s[side]) for s in steps if s.get(side)]
         if not points:
             continue
         calls = [n for n, _ in points]
         for pct, style in (("p50", "-o"), ("p95", "--s")):
             values = [r["voice_to_voice_ms"][pct] for _, r in points]
-            latency.plot(calls, values, style, color=color, label=f"{side} {pct}")
+            shown = [ceiling if v is None else v for v in values]
+            latency.plot(calls, shown, style, color=color, label=f"{side} {pct}")
+            missing = [(n, ceiling) for n, v in zip(calls, values, strict=True) if v is None]
+            if missing:
+                latency.plot(*zip(*missing, strict=True), "x", color=color, markersize=11)
         latency.axhline(floors[side], color=color, linestyle=":", linewidth=1)
         cpu.plot(calls, [r["cpu_percent"] for _, r in points], "-o", color=color, label=side)
+    if any(
+        s[side]["voice_to_voice_ms"][pct] is None
+        for s in steps
+        for side in COLORS
+        if s.get(side)
+        for pct in ("p50", "p95")
+    ):
+        latency.axhline(ceiling, color="grey", linestyle="--", linewidth=0.8)
+        latency.annotate("x: that share of turns got no answer", (0.01, 0.97), fontsize=8,
+                         xycoords="axes fraction", va="top")  # fmt: skip
     latency.set_title("voice-to-voice latency (dotted: declared floor)")
     latency.set_xlabel("concurrent calls")
     latency.set_ylabel("ms")

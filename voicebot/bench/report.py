@@ -4,10 +4,14 @@ Units are in the key names or below: ms for latencies, % of one core for CPU (a 
 tops out at 200), MB (10^6 bytes) for memory.
 
 Ratios are ``pipecat / voicebot``: above 1, voicebot needs less (CPU, memory, overhead).
+
+Latency percentiles count every turn: one never answered is infinitely late, and a percentile
+that falls on such turns is None (``null``): see ``turns_unanswered``.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import sys
@@ -23,19 +27,24 @@ from voicebot.bench.callers import CallResult
 MB = 1_000_000
 
 
-def percentiles(values: Sequence[float]) -> dict[str, float | None]:
-    """p50, p95, p99, max and mean of ``values``, rounded to 0.1; all None if empty."""
+def percentiles(values: Sequence[float | None]) -> dict[str, float | None]:
+    """p50, p95, p99, max and mean of ``values``, rounded to 0.1.
+
+    None in ``values`` is a turn that was never answered: infinitely late. A percentile that
+    falls on one is None, and so are max and mean if there is any; so an overloaded server
+    does not look fast because only its few answered turns are counted. All None if empty.
+    """
     if not values:
         return {"p50": None, "p95": None, "p99": None, "max": None, "mean": None}
-    a = np.asarray(values, dtype=float)
-    p50, p95, p99 = np.percentile(a, [50, 95, 99])
-    return {
-        "p50": round(float(p50), 1),
-        "p95": round(float(p95), 1),
-        "p99": round(float(p99), 1),
-        "max": round(float(a.max()), 1),
-        "mean": round(float(a.mean()), 1),
-    }
+    a = np.asarray([math.inf if v is None else v for v in values], dtype=float)
+    # The sample's own values, no interpolation: a percentile is a turn that happened.
+    ranks = np.percentile(a, [50, 95, 99], method="inverted_cdf")
+
+    def finite(x: float) -> float | None:
+        return round(float(x), 1) if math.isfinite(x) else None
+
+    p50, p95, p99 = (finite(x) for x in ranks)
+    return {"p50": p50, "p95": p95, "p99": p99, "max": finite(a.max()), "mean": finite(a.mean())}
 
 
 def _round(value: float | None, digits: int = 1) -> float | None:
@@ -59,7 +68,7 @@ def summarize(
     ``cpu_percent`` and ``rss_loaded`` are the server's over the window when every call was
     connected (``window_secs`` long); ``rss_idle`` before the first call.
     """
-    v2v = [ms for r in results for ms in r.latencies_ms if ms is not None]
+    v2v = [ms for r in results for ms in r.latencies_ms]
     turns = sum(len(r.latencies_ms) for r in results)
     rss_per_call = None
     if rss_idle is not None and rss_loaded is not None and calls:
@@ -72,9 +81,11 @@ def summarize(
         "calls_failed": sum(not r.ok for r in results),
         "errors": errors[:5],
         "turns": turns,
-        "turns_unanswered": turns - len(v2v),
+        "turns_unanswered": sum(ms is None for ms in v2v),
         "voice_to_voice_ms": percentiles(v2v),
-        "overhead_ms": percentiles([budget.overhead_ms(side, ms) for ms in v2v]),
+        "overhead_ms": percentiles(
+            [None if ms is None else budget.overhead_ms(side, ms) for ms in v2v]
+        ),
         "overhead_formula": budget.formula(side),
         "late_frames": sum(r.pacing.late_frames for r in results),
         "underruns": sum(r.pacing.underruns for r in results),
