@@ -30,7 +30,13 @@ from typing import Any
 from loguru import logger
 
 from voicebot.bench.budget import DeclaredLatency, Side
-from voicebot.bench.callers import CallPlan, CallResult, place_calls_in_processes, plan_turns
+from voicebot.bench.callers import (
+    CallPlan,
+    CallResult,
+    place_calls_in_processes,
+    plan_turns,
+    wav_secs,
+)
 from voicebot.bench.procstat import ProcessSampler
 from voicebot.bench.report import machine_info, ratios, summarize, table
 from voicebot.bench.servers import process_gone, running_server
@@ -60,13 +66,20 @@ class BenchConfig:
     """Steps above this run voicebot only (one stock process collapses well before)."""
     pause_ms: int = 3000
     stagger_secs: float | None = None
-    """Callers connect evenly over this; None: 0.1 s per call, at most 10 s and duration / 4."""
+    """Callers connect evenly over this; None: see :meth:`stagger_for`."""
     log_dir: Path = Path("/tmp/voicebot-bench")
 
-    def stagger_for(self, calls: int) -> float:
+    def stagger_for(self, calls: int, cycle_secs: float) -> float:
+        """Seconds over which ``calls`` callers connect.
+
+        Unless set, one turn cycle (``cycle_secs``, a turn and its pause) or 0.1 s per call,
+        whichever is longer, at most 10 s and a quarter of the duration. Spread over a whole
+        cycle, the callers' turns end at evenly spread moments, as real callers' do, not all
+        together (which would make per-turn work, like a turn model's inference, come in bursts).
+        """
         if self.stagger_secs is not None:
             return self.stagger_secs
-        return min(0.1 * calls, 10.0, self.duration_secs / 4)
+        return min(max(0.1 * calls, cycle_secs), 10.0, self.duration_secs / 4)
 
 
 def parse_counts(text: str) -> tuple[int, ...]:
@@ -91,7 +104,8 @@ def make_plans(
     from voicebot.testing.wav import sample
 
     turns = plan_turns([sample(name) for name in SAMPLES], config.duration_secs, config.pause_ms)
-    step = config.stagger_for(calls) / calls
+    cycle = sum(wav_secs(path) + pause / 1000 for path, pause in turns) / len(turns)
+    step = config.stagger_for(calls, cycle) / calls
     return [
         CallPlan(i, url, call_id, start_at + i * step, turns, min_answer_ms)
         for i, (url, call_id) in enumerate(urls)
