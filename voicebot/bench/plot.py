@@ -60,8 +60,13 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
         for pct in ("p50", "p95")
     ):
         latency.axhline(ceiling, color="grey", linestyle="--", linewidth=0.8)
-        latency.annotate("x: that share of turns got no answer", (0.01, 0.97), fontsize=8,
+        latency.annotate("x: that share of turns got no answer", (0.02, 0.9), fontsize=8,
                          xycoords="axes fraction", va="top")  # fmt: skip
+    counts = sorted({s["calls"] for s in steps})
+    for axes in (latency, cpu):
+        axes.set_xscale("log")
+        axes.set_xticks(counts, [str(n) for n in counts])
+        axes.minorticks_off()
     latency.set_title("voice-to-voice latency (dotted: declared floor)")
     latency.set_xlabel("concurrent calls")
     latency.set_ylabel("ms")
