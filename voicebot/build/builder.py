@@ -11,12 +11,14 @@ import time
 from collections.abc import Sequence
 
 from loguru import logger
+from pipecat.frames.frames import Frame, InputAudioRawFrame
 from pipecat.observers.base_observer import BaseObserver
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker, ProcessorUnusablePolicy
-from pipecat.processors.frame_processor import FrameProcessor
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from voicebot.build.context import BuildContext, Built
+from voicebot.build.kinds import FrameKind
 from voicebot.build.loader import PipelineSpec
 from voicebot.build.registry import as_built
 from voicebot.services.resources import SharedResources
@@ -47,13 +49,48 @@ async def warm_up(
         logger.info(f"warmed up {step.name} ({step.provider.name}) in {elapsed:.2f} s")
 
 
+class CallerAudioStop(FrameProcessor):
+    """Drops caller audio (``InputAudioRawFrame``) going downstream; passes everything else.
+
+    Placed after the last processor that consumes caller audio, so the 50 audio frames a second
+    of every call do not travel through the aggregators, LLM, TTS and output transport that
+    ignore them. Runs in direct mode: no queue and no task of its own.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(name="caller-audio-stop", enable_direct_mode=True)
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if direction == FrameDirection.DOWNSTREAM and isinstance(frame, InputAudioRawFrame):
+            return
+        await self.push_frame(frame, direction)
+
+
+def last_audio_consumer(spec: PipelineSpec) -> int | None:
+    """Index of the last step that may read caller audio (its kinds say so, or are unknown)."""
+    found = None
+    for i, step in enumerate(spec.steps):
+        consumes = step.spec.consumes
+        if consumes is None or FrameKind.AUDIO_IN in consumes:
+            found = i
+    return found
+
+
 def build_processors(spec: PipelineSpec, context: BuildContext) -> Built:
-    """Instantiate every step of ``spec`` for one call, in order."""
+    """Instantiate every step of ``spec`` for one call, in order.
+
+    Caller audio stops after the last step that consumes it (:class:`CallerAudioStop`), unless
+    that step is the last one.
+    """
     out = Built([])
-    for step in spec.steps:
+    stop_after = last_audio_consumer(spec)
+    for i, step in enumerate(spec.steps):
         built = as_built(step.provider.factory(step.params, context))
         out.processors.extend(built.processors)
         out.tail.extend(built.tail)
+        if i == stop_after and i < len(spec.steps) - 1:
+            out.processors.append(CallerAudioStop())
     return out
 
 

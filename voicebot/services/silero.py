@@ -4,6 +4,11 @@ pipecat's ``SileroVADAnalyzer`` loads its own model (≈10 MB, ≈30 ms on the e
 its own thread for every call. Here every call shares the process's ONNX session (onnxruntime
 sessions are safe to run from several threads) and a pool of ``VOICEBOT_VAD_THREADS`` threads;
 each call keeps only its recurrent state and audio buffer.
+
+Callers are silent most of a call, and a phone line's silence is digital: ACS sends zeros (or
+frames marked ``silent``). While the caller is quiet, such a frame cannot start speech — its
+volume is far below any ``min_volume`` — so the analyzer answers QUIET at once instead of
+hopping to the thread pool to score it (see :data:`SILENCE_PEAK`).
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
-from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams
+from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams, VADState
 from pipecat.processors.audio.vad_processor import VADProcessor
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,6 +30,9 @@ from voicebot.services import kinds
 from voicebot.services.resources import SharedResources
 
 MODEL_KEY = "silero-vad/onnx"
+#: A frame whose samples all stay within ±SILENCE_PEAK (about -66 dBFS) is silence: while the
+#: caller is quiet it is answered without running the model.
+SILENCE_PEAK = 16
 POOL_KEY = "silero-vad/threads"
 
 
@@ -78,6 +87,7 @@ class SharedSileroVADAnalyzer(SileroVADAnalyzer):
         *,
         sample_rate: int | None = None,
         params: VADParams | None = None,
+        skip_silence: bool = True,
     ) -> None:
         VADAnalyzer.__init__(self, sample_rate=sample_rate, params=params)
         self._executor.shutdown(wait=False)
@@ -86,9 +96,38 @@ class SharedSileroVADAnalyzer(SileroVADAnalyzer):
         self._model.reset_states()
         self._windows_since_reset = 0
         self._low_confidence_windows = 0
+        self.skip_silence = skip_silence
+        """Answer silence while quiet without scoring it (see :meth:`analyze_audio`)."""
+        self.silent_frames_skipped = 0
+        """Frames answered QUIET without scoring (for tests and benchmarks)."""
+
+    async def analyze_audio(self, buffer: bytes) -> VADState:
+        """The VAD state after ``buffer``; silence while quiet is answered without the model.
+
+        A skipped frame still enters the rolling volume window (a cheap append: loudness is
+        measured only when read), and the smoothed volume decays as scoring silence would
+        decay it; the partial window buffered before it (under 32 ms of near-silence) is
+        dropped. Speech onset is scored from the first frame that is not silence.
+        """
+        if self.skip_silence and self._vad_state == VADState.QUIET and is_silence(buffer):
+            self._vad_buffer = b""
+            self._volume_tracker.update(buffer, self.sample_rate)
+            windows = len(buffer) / self._vad_frames_num_bytes
+            self._prev_volume *= (1.0 - self._smoothing_factor) ** windows
+            self.silent_frames_skipped += 1
+            return VADState.QUIET
+        return await super().analyze_audio(buffer)
 
     async def cleanup(self) -> None:
         """Leave the shared pool running (the base class would shut it down)."""
+
+
+def is_silence(pcm: bytes) -> bool:
+    """Whether every 16-bit sample of ``pcm`` lies within ±:data:`SILENCE_PEAK`."""
+    if pcm.count(0) == len(pcm):  # digital zeros, the common case: no numpy needed
+        return True
+    samples = np.frombuffer(pcm, dtype=np.int16, count=len(pcm) // 2)
+    return int(samples.min()) >= -SILENCE_PEAK and int(samples.max()) <= SILENCE_PEAK
 
 
 def _warm(params: SileroParams, resources: SharedResources) -> None:

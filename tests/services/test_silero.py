@@ -1,0 +1,96 @@
+"""The shared Silero analyzer answers silence without the model and detects speech as before."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pipecat.audio.vad.vad_analyzer import VADParams, VADState
+
+from voicebot.services.resources import SharedResources
+from voicebot.services.silero import (
+    SILENCE_PEAK,
+    SharedSileroVADAnalyzer,
+    is_silence,
+    shared_model,
+    shared_pool,
+)
+from voicebot.testing.wav import read_wav, sample, silence, split_frames
+
+RATE = 16000
+
+
+@pytest.fixture(scope="module")
+def resources() -> SharedResources:
+    return SharedResources()
+
+
+def _analyzer(resources: SharedResources, *, skip: bool) -> SharedSileroVADAnalyzer:
+    analyzer = SharedSileroVADAnalyzer(
+        shared_model(resources),
+        shared_pool(resources),
+        params=VADParams(stop_secs=0.2),
+        skip_silence=skip,
+    )
+    analyzer.set_sample_rate(RATE)
+    return analyzer
+
+
+async def _transitions(analyzer: SharedSileroVADAnalyzer, pcm: bytes) -> list[tuple[int, str]]:
+    """(frame index, state) each time the state changes to SPEAKING or QUIET."""
+    changes: list[tuple[int, str]] = []
+    last = VADState.QUIET
+    for i, frame in enumerate(split_frames(pcm, RATE)):
+        state = await analyzer.analyze_audio(frame)
+        if state != last and state in (VADState.SPEAKING, VADState.QUIET):
+            changes.append((i, state.name))
+        if state in (VADState.SPEAKING, VADState.QUIET):
+            last = state
+    return changes
+
+
+def test_is_silence() -> None:
+    assert is_silence(bytes(640))
+    low = np.full(320, SILENCE_PEAK, dtype=np.int16)
+    assert is_silence(low.tobytes())
+    assert is_silence((-low).tobytes())
+    assert not is_silence((low + 1).tobytes())
+    assert not is_silence(np.array([0] * 319 + [-SILENCE_PEAK - 1], dtype=np.int16).tobytes())
+
+
+async def test_silence_is_skipped_and_speech_found_at_the_same_frames(
+    resources: SharedResources,
+) -> None:
+    speech = read_wav(sample("bank_bill"), RATE)
+    pcm = silence(1000, RATE) + speech + silence(1000, RATE) + speech + silence(600, RATE)
+    silent_frames = sum(is_silence(f) for f in split_frames(pcm, RATE))
+
+    scored = _analyzer(resources, skip=False)
+    skipping = _analyzer(resources, skip=True)
+    expected = await _transitions(scored, pcm)
+    got = await _transitions(skipping, pcm)
+
+    assert [state for _, state in expected] == ["SPEAKING", "QUIET", "SPEAKING", "QUIET"]
+    assert [state for _, state in got] == [state for _, state in expected]
+    for (i, _), (j, _) in zip(got, expected, strict=True):
+        assert abs(i - j) <= 2, (got, expected)  # within 40 ms
+    assert scored.silent_frames_skipped == 0
+    # The leading second and most of the pauses are answered without the model; silence
+    # while the caller is speaking or stopping is still scored.
+    assert skipping.silent_frames_skipped >= 50 + 30
+    assert skipping.silent_frames_skipped < silent_frames
+
+
+async def test_silence_while_speaking_is_still_scored(resources: SharedResources) -> None:
+    speech = read_wav(sample("bank_bill"), RATE)
+    analyzer = _analyzer(resources, skip=True)
+    for frame in split_frames(speech, RATE):  # up to the moment speech is detected
+        if await analyzer.analyze_audio(frame) == VADState.SPEAKING:
+            break
+    else:
+        pytest.fail("no speech detected in bank_bill")
+    skipped = analyzer.silent_frames_skipped
+    states = [await analyzer.analyze_audio(f) for f in split_frames(silence(400, RATE), RATE)]
+    # The stop is counted over scored silence: nothing skipped until QUIET is reached.
+    assert states[-1] == VADState.QUIET
+    first_quiet = states.index(VADState.QUIET)
+    assert analyzer.silent_frames_skipped == skipped + len(states) - first_quiet - 1
