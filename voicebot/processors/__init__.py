@@ -2,6 +2,6 @@
 
 from voicebot.agents import router
 from voicebot.processors import echo
-from voicebot.services import azure, fake, kinds, local, silero
+from voicebot.services import azure, fake, kinds, local, silero, sphinx
 
-__all__ = ["azure", "echo", "fake", "kinds", "local", "router", "silero"]
+__all__ = ["azure", "echo", "fake", "kinds", "local", "router", "silero", "sphinx"]
