@@ -69,9 +69,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except CallControlSettingsError as exc:
         print(f"voicebot serve: {exc}", file=sys.stderr)
         return 1
-    uvicorn.run(
+    from voicebot.server.app import AppState
+    from voicebot.server.drain import DrainingServer
+
+    config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level="warning", ws="websockets-sansio"
     )
+    state: AppState = app.state.voicebot
+    DrainingServer(config, state, settings.drain_timeout_secs).run()
     return 0
 
 

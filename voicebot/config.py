@@ -29,6 +29,9 @@ class Settings(BaseSettings):
 
     max_calls: int = Field(default=200, ge=1)
     """Concurrent calls this worker accepts; more are refused with WebSocket close code 1013."""
+    drain_timeout_secs: float = Field(default=30.0, ge=0)
+    """On SIGTERM, how long calls in progress may go on before the worker stops (new calls are
+    refused meanwhile); see :mod:`voicebot.server.drain`."""
     signing_secret: SecretStr | None = None
     """Key of the HMAC that signs media-stream URLs. Unset: a random key per process (fine for one
     process; set it when several workers must accept each other's URLs)."""

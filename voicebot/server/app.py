@@ -34,6 +34,8 @@ class AppState:
     active: ActiveCalls = field(default_factory=ActiveCalls)
     signing_key: bytes = b""
     calls: CallControl = field(default_factory=CallControl)
+    draining: bool = False
+    """Set on SIGTERM: no new calls; the active ones finish (see :mod:`voicebot.server.drain`)."""
 
 
 def state_of(connection: Request | WebSocket) -> AppState:

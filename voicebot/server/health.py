@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
 from voicebot.server.app import state_of
 from voicebot.services.azure import speech_status
@@ -19,8 +19,11 @@ async def health() -> dict[str, str]:
 
 
 @router.get("/health/ready")
-async def ready(request: Request) -> dict[str, Any]:
-    """Whether this worker can take a call, and the state of what calls depend on."""
+async def ready(request: Request, response: Response) -> dict[str, Any]:
+    """Whether this worker can take a call, and the state of what calls depend on.
+
+    503 ``draining`` once the worker is shutting down (SIGTERM): it takes no new calls.
+    """
     state = state_of(request)
     settings = state.settings
     calls = {"active": len(state.active), "max": settings.max_calls}
@@ -33,4 +36,8 @@ async def ready(request: Request) -> dict[str, Any]:
     if (speech := speech_status(state.resources)) is not None:
         checks["azure_speech"] = speech  # a cold pool slows first audio; it does not block calls
     ready_now = checks["calls"]["status"] == "ok"
-    return {"status": "ready" if ready_now else "full", "checks": checks}
+    status = "ready" if ready_now else "full"
+    if state.draining:
+        status = "draining"
+        response.status_code = 503
+    return {"status": status, "checks": checks}

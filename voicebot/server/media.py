@@ -172,6 +172,10 @@ async def media_stream(websocket: WebSocket) -> None:
         logger.warning(f"media stream for call {call_id} refused: the call is already connected")
         await websocket.close(POLICY_VIOLATION, "call already connected")
         return
+    if state.draining:
+        logger.warning(f"media stream for call {call_id} refused: worker draining")
+        await websocket.close(TRY_AGAIN_LATER, "worker draining")
+        return
     if len(state.active) >= settings.max_calls:
         logger.warning(
             f"media stream for call {call_id} refused: worker at its limit of "
