@@ -20,6 +20,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from voicebot.build.context import BuildContext, Built
 from voicebot.build.kinds import FrameKind
 from voicebot.build.loader import PipelineSpec
+from voicebot.build.observers import grouped
 from voicebot.build.registry import as_built
 from voicebot.services.resources import SharedResources
 
@@ -146,6 +147,6 @@ def build_worker(
         cancel_runner_on_idle_timeout=False,
         cancel_timeout_secs=CANCEL_TIMEOUT_SECS,
         processor_unusable_policy=ProcessorUnusablePolicy.END,
-        observers=list(observers),
+        observers=grouped(observers),
         name=f"call-{call_id}",
     )

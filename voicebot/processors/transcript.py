@@ -13,6 +13,11 @@ router's handoffs, the rejected media messages by kind, and how the call ended.
 :class:`TranscriptStore` keeps the records of a process's recent calls by call id (one instance
 per process, in its shared resources). Transcripts are personal data: they live in this
 process's memory only and are never logged.
+
+A record may have a :class:`TranscriptListener` (the live events of the dashboard): it is told
+of each utterance as it grows and when it is final, of interim caller transcripts, and of the
+router's decisions. Only then does the recorder also look at ``InterimTranscriptionFrame`` and
+``TTSStoppedFrame``.
 """
 
 from __future__ import annotations
@@ -21,9 +26,16 @@ import asyncio
 import time
 from collections import Counter, OrderedDict
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-from pipecat.frames.frames import Frame, TranscriptionFrame, TTSStartedFrame, TTSTextFrame
+from pipecat.frames.frames import (
+    Frame,
+    InterimTranscriptionFrame,
+    TranscriptionFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+    TTSTextFrame,
+)
 from pipecat.observers.base_observer import BaseObserver, FramePushed
 from pipecat.processors.frame_processor import FrameDirection
 
@@ -54,6 +66,22 @@ class Utterance:
     agent: str | None = None
 
 
+class TranscriptListener(Protocol):
+    """Told of a :class:`CallTranscript`'s changes as they happen, on the call's observer task.
+
+    Must be quick and must not raise: hand the data on (e.g. to an event bus) and return.
+    """
+
+    def on_utterance(self, utterance: Utterance, final: bool) -> None:
+        """An utterance was added or grew (``final`` False), or is complete (``final`` True)."""
+
+    def on_interim(self, text: str, agent: str | None) -> None:
+        """An interim transcript of the caller (not stored in the record)."""
+
+    def on_decision(self, record: DecisionRecord) -> None:
+        """The agent router made a decision (every kind)."""
+
+
 @dataclass
 class CallTranscript:
     """The event record of one call (see the module docstring).
@@ -73,22 +101,46 @@ class CallTranscript:
     agent: str | None = None
     bad_input: Counter[str] = field(default_factory=Counter)
     outcome: str | None = None
+    listener: TranscriptListener | None = field(default=None, repr=False, compare=False)
+    _open_bot: Utterance | None = field(default=None, repr=False)
     _ended: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _bot_by_context: dict[str, Utterance] = field(default_factory=dict, repr=False)
 
     def user_said(self, text: str, at: float | None = None) -> None:
         """Record a final transcript of the caller."""
-        self.utterances.append(Utterance("user", text, time.time() if at is None else at))
+        self._close_bot()
+        utterance = Utterance("user", text, time.time() if at is None else at)
+        self.utterances.append(utterance)
+        if self.listener is not None:
+            self.listener.on_utterance(utterance, True)
+
+    def user_interim(self, text: str) -> None:
+        """An interim transcript of the caller: only the listener hears of it."""
+        if self.listener is not None:
+            self.listener.on_interim(text, self.agent)
 
     def bot_started(self, context_id: str | None, at: float | None = None) -> Utterance:
         """Record the start of a bot response (a TTS context, once); its text follows."""
         if context_id is not None and context_id in self._bot_by_context:
             return self._bot_by_context[context_id]
+        self._close_bot()
         utterance = Utterance("bot", "", time.time() if at is None else at, self.agent)
         self.utterances.append(utterance)
+        self._open_bot = utterance
         if context_id is not None:
             self._bot_by_context[context_id] = utterance
         return utterance
+
+    def bot_stopped(self, context_id: str | None) -> None:
+        """The bot response ``context_id`` is fully synthesized: its text is final."""
+        utterance = self._bot_by_context.get(context_id) if context_id is not None else None
+        if utterance is not None and utterance is self._open_bot:
+            self._close_bot()
+
+    def _close_bot(self) -> None:
+        utterance, self._open_bot = self._open_bot, None
+        if utterance is not None and utterance.text and self.listener is not None:
+            self.listener.on_utterance(utterance, True)
 
     def bot_said(self, context_id: str | None, text: str, at: float | None = None) -> None:
         """Add text the bot synthesized to its response ``context_id`` (started if unknown)."""
@@ -96,6 +148,8 @@ class CallTranscript:
         if utterance is None:
             utterance = self.bot_started(context_id, at)
         utterance.text = " ".join(f"{utterance.text} {text}".split())
+        if self.listener is not None and utterance is self._open_bot:
+            self.listener.on_utterance(utterance, False)
 
     def decided(self, record: DecisionRecord) -> None:
         """Record a decision of the agent router; an ``enter`` makes its agent the speaker."""
@@ -103,6 +157,8 @@ class CallTranscript:
             self.decisions.append(record)
         if record.kind == "enter":
             self.agent = record.agent
+        if self.listener is not None:
+            self.listener.on_decision(record)
 
     @property
     def handoffs(self) -> list[dict[str, Any]]:
@@ -112,6 +168,7 @@ class CallTranscript:
 
     def finish(self, outcome: str) -> None:
         """The call has ended, for ``outcome``."""
+        self._close_bot()
         self.outcome = outcome
         self._ended.set()
 
@@ -193,3 +250,10 @@ class TranscriptRecorder(BaseObserver):
             self.transcript.bot_said(frame.context_id, frame.text, at)
         elif isinstance(frame, AgentDecisionFrame):
             self.transcript.decided(frame.record)
+        elif self.transcript.listener is None:
+            return
+        elif isinstance(frame, InterimTranscriptionFrame):
+            if frame.text.strip():
+                self.transcript.user_interim(frame.text.strip())
+        elif isinstance(frame, TTSStoppedFrame):
+            self.transcript.bot_stopped(frame.context_id)

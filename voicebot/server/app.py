@@ -13,6 +13,7 @@ from voicebot.acs.control import CallControl
 from voicebot.build.builder import warm_up
 from voicebot.build.loader import PipelineSpec, load_pipeline
 from voicebot.config import Settings, load_settings
+from voicebot.events import event_bus_for
 from voicebot.runner import ActiveCalls
 from voicebot.services.azure import (
     AzureSpeechSettingsError,
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         telemetry_for(state.resources)  # bad OTEL_* settings stop start-up here
         await warm_up(spec, state.resources)
+        await event_bus_for(state.resources).start()  # closed with the resources
         try:
             yield
         finally:
@@ -85,10 +87,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="voicebot", lifespan=lifespan)
     app.state.voicebot = state
 
-    from voicebot.server import calls, health, media, metrics
+    from voicebot.server import calls, health, media, metrics, realtime
 
     app.include_router(health.router, prefix="/api/v1")
     app.include_router(media.router, prefix="/api/v1")
     app.include_router(calls.router, prefix="/api/v1")
     app.include_router(metrics.router, prefix="/api/v1")
+    app.include_router(realtime.router, prefix="/api/v1")
+    app.include_router(realtime.pages)  # GET /dashboard, /conversation
     return app

@@ -6,7 +6,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from voicebot.events import event_bus_for
 from voicebot.server.app import state_of
+from voicebot.server.realtime import dashboard_clients
 from voicebot.services.azure import speech_status
 
 router = APIRouter(tags=["health"])
@@ -35,6 +37,8 @@ async def ready(request: Request, response: Response) -> dict[str, Any]:
     }
     if (speech := speech_status(state.resources)) is not None:
         checks["azure_speech"] = speech  # a cold pool slows first audio; it does not block calls
+    checks["events"] = event_bus_for(state.resources).status()  # degraded: no relay to others
+    checks["dashboard"] = dashboard_clients(state).status()
     ready_now = checks["calls"]["status"] == "ok"
     status = "ready" if ready_now else "full"
     if state.draining:

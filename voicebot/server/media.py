@@ -36,6 +36,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from voicebot.acs.tokens import verify
 from voicebot.acs.transfer import TransferObserver
+from voicebot.events import CallEvents, event_bus_for
 from voicebot.processors.transcript import (
     TRANSCRIPTS_RESOURCE,
     TranscriptRecorder,
@@ -239,6 +240,8 @@ async def media_stream(websocket: WebSocket) -> None:
         caller=known.caller if known is not None else None,
         pipeline=state.spec.name,
     )
+    events = CallEvents(event_bus_for(state.resources), call_id, pipeline=state.spec.name)
+    events.attach(record, observed)  # live events from what the record and observer see
     call = CallRunner(
         state.spec,
         call_id=call_id,
@@ -255,11 +258,13 @@ async def media_stream(websocket: WebSocket) -> None:
             await call.hang_up("media stream closed by ACS")
 
     logger.info(f"call {call_id} connected (correlation {correlation_id or '-'})")
+    events.started()
     try:
         outcome = await call.run()
     finally:
         record.finish((call.outcome or CallOutcome.COMPLETED).value)
         observed.finish(call.outcome, call.error)
+        events.ended((call.outcome or CallOutcome.COMPLETED).value, call.error)
     if guard.counts:
         logger.info(f"call {call_id}: bad input {guard.summary()}")
     logger.info(f"call {call_id} finished: {outcome.value}")
