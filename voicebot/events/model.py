@@ -27,7 +27,7 @@ import socket
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 
 def worker_name() -> str:
@@ -108,17 +108,18 @@ CallEvent = Annotated[
 ]
 """Any live event; ``type`` says which."""
 
-_ADAPTER: TypeAdapter[CallEvent] = TypeAdapter(CallEvent)  # type: ignore[arg-type]
+class _AnyEvent(RootModel[CallEvent]):
+    """Reads any event by its ``type``."""
 
 
 def parse_event(data: str | bytes) -> CallEvent:
     """The event a JSON message carries (``pydantic.ValidationError`` if it is not one)."""
-    return _ADAPTER.validate_json(data)
+    return _AnyEvent.model_validate_json(data).root
 
 
 def event_from(data: Any) -> CallEvent:
     """The event that decoded JSON data describes (``pydantic.ValidationError`` if none)."""
-    return _ADAPTER.validate_python(data)
+    return _AnyEvent.model_validate(data).root
 
 
 def event_json(event: CallEvent) -> str:
