@@ -37,6 +37,7 @@ from pipecat.flows import (
     NodeConfig,
 )
 from pipecat.frames.frames import (
+    BotStoppedSpeakingFrame,
     CancelFrame,
     EndFrame,
     ErrorFrame,
@@ -93,6 +94,7 @@ from voicebot.build.context import BuildContext, Built
 from voicebot.build.problems import Problem
 from voicebot.build.registry import DEFAULT, provider, service
 from voicebot.services.openai import DEFAULT_APOLOGY, ApologyOnError
+from voicebot.sessions.calls import live_session
 
 # flows fills `{{ key }}` placeholders from its own state; our text is already rendered.
 _FLOWS_PLACEHOLDER = re.compile(r"(?<!\\)(\{\{\s*[A-Za-z_][A-Za-z0-9_.]*\s*\}\})")
@@ -162,7 +164,13 @@ def agents(params: AgentsParams, context: BuildContext) -> Built:
     start = params.start or store.entry
     llm = create_llm(params.llm, context)
     session = AgentSession(context.call_id, store, start, has_llm=llm is not None)
+    # The call's stored session, opened by its endpoint (none for a pipeline run on its own):
+    # a resumed call starts from its stored agent, memory and conversation.
+    live = live_session(context.resources, context.call_id)
+    messages: list[Any] = session.attach(live) if live is not None else []
     policy = PolicyLLMService(session)
+    # Tool call ids must be unique in a context: the policy's go on after the restored ones.
+    policy._calls = sum(len(m.get("tool_calls") or []) for m in messages if isinstance(m, dict))
     engine: LLMService[Any] | LLMSwitcher
     if llm is None:
         engine = policy
@@ -175,7 +183,7 @@ def agents(params: AgentsParams, context: BuildContext) -> Built:
         stop=[SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=timeout_secs)]
     )
     pair = LLMContextAggregatorPair(
-        LLMContext(), user_params=LLMUserAggregatorParams(user_turn_strategies=strategies)
+        LLMContext(messages), user_params=LLMUserAggregatorParams(user_turn_strategies=strategies)
     )
     router = AgentRouter(session, engine, pair, llm=llm, policy=policy)
     apology = ApologyOnError(params.apology, on_error=router.llm_failed)
@@ -207,7 +215,7 @@ class AgentRouter(FrameProcessor):
         self._policy = policy
         self._flows: FlowManager | None = None
         self._entering: asyncio.Task[None] | None = None
-        self._users_seen = 0
+        self._users_seen = _user_messages(context_aggregator.user().context.get_messages())
         self._handoff_started: float | None = None
         session.on_record = self._publish
 
@@ -230,13 +238,21 @@ class AgentRouter(FrameProcessor):
             return
         if isinstance(frame, EndFrame | CancelFrame):
             await self._stop_entering()
+            self._save()
         elif isinstance(frame, LLMContextFrame) and direction == FrameDirection.DOWNSTREAM:
             await self._note_turn(frame.context)
+        elif isinstance(frame, BotStoppedSpeakingFrame):
+            self._save()  # the answer was played: the turn is complete
         await self.push_frame(frame, direction)
 
     async def cleanup(self) -> None:
         await super().cleanup()
         await self._stop_entering()
+        self._save()
+
+    def _save(self) -> None:
+        """Store the call's state in the background (agents, memory, the context's messages)."""
+        self.session.save(self._pair.user().context.get_messages())
 
     def _start(self) -> None:
         flows = FlowManager(
@@ -247,7 +263,8 @@ class AgentRouter(FrameProcessor):
         )
         flows.register_action("agent_settings", self._enter)
         self._flows = flows
-        node = self._node(self.session.active, "initial")
+        mode = "resumed" if self.session.resumed else "initial"
+        node = self._node(self.session.active, mode)
         # Entering queues frames into the pipeline this processor is part of: not from in here.
         self._entering = self.create_task(flows.initialize(node), "enter_first_agent")
 
@@ -257,13 +274,12 @@ class AgentRouter(FrameProcessor):
         self._entering = None
 
     async def _note_turn(self, context: LLMContext) -> None:
-        users = sum(
-            1 for m in context.get_messages() if isinstance(m, dict) and m.get("role") == "user"
-        )
+        users = _user_messages(context.get_messages())
         if users > self._users_seen:
             self._users_seen = users
             self.session.turn += 1
             await self.session.record("turn", engine=self.session.engine())
+            self._save()
 
     async def _publish(self, record: DecisionRecord) -> None:
         await self.push_frame(AgentDecisionFrame(call_id=self.session.call_id, record=record))
@@ -275,7 +291,8 @@ class AgentRouter(FrameProcessor):
     # -- agents as flows nodes ------------------------------------------------------------------
 
     def _node(self, name: str, mode: str) -> NodeConfig:
-        """The flows node that enters agent ``name`` (``mode``: initial, announced, silent)."""
+        """The flows node that enters agent ``name`` (``mode``: initial, announced, silent, or
+        resumed: a reconnected call goes on with its agent, without a greeting)."""
         session = self.session
         agent = self.store.agent(name)
         variables = template_context(session.memory, agent=name)
@@ -291,7 +308,7 @@ class AgentRouter(FrameProcessor):
                 "type": "agent_settings",
                 "agent": name,
                 "mode": mode,
-                "greeting": text if mode != "silent" else "",
+                "greeting": text if mode not in ("silent", "resumed") else "",
             }
         ]
         node: NodeConfig = {
@@ -302,7 +319,7 @@ class AgentRouter(FrameProcessor):
             "pre_actions": pre_actions,
             "respond_immediately": mode == "silent",
         }
-        if agent.spec.context == "fresh" and mode != "initial":
+        if agent.spec.context == "fresh" and mode not in ("initial", "resumed"):
             node["context_strategy"] = ContextStrategyConfig(strategy=ContextStrategy.RESET)
         return node
 
@@ -405,6 +422,7 @@ class AgentRouter(FrameProcessor):
             return {"error": message}, None
         mode = mode or agent.handoffs[target].mode
         await session.record("handoff", target=target, reason=reason)
+        self._save()  # what was said so far belongs to the agent handing over
         self._handoff_started = asyncio.get_running_loop().time()
         return (result if result is not None else {"handoff": target}), self._node(target, mode)
 
@@ -441,7 +459,9 @@ class AgentRouter(FrameProcessor):
         name, mode = str(action["agent"]), str(action["mode"])
         agent = self.store.agent(name)
         session.active = name
-        session.visits[name] = session.visits.get(name, 0) + 1
+        if mode != "resumed":
+            session.visits[name] = session.visits.get(name, 0) + 1
+        self._save()
         engine = session.engine(name)
         session.silent_entry = mode == "silent" and engine == "policy"
         frames: list[Frame] = []
@@ -488,6 +508,10 @@ class AgentRouter(FrameProcessor):
         delta = kind.from_mapping(given)
         assert isinstance(delta, TTSSettings)
         return delta
+
+
+def _user_messages(messages: list[Any]) -> int:
+    return sum(1 for m in messages if isinstance(m, dict) and m.get("role") == "user")
 
 
 def _escape(text: str) -> str:

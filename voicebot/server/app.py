@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request, WebSocket
 from loguru import logger
+from pydantic import ValidationError
 
 from voicebot.acs.control import CallControl
 from voicebot.build.builder import warm_up
@@ -21,6 +22,7 @@ from voicebot.services.azure import (
     speech_credentials,
 )
 from voicebot.services.resources import SharedResources
+from voicebot.sessions.settings import SessionSettings
 from voicebot.telemetry import telemetry_for
 
 
@@ -62,6 +64,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             speech_credentials()
     except AzureSpeechSettingsError as exc:
         raise SystemExit(str(exc)) from None
+    try:  # e.g. VOICEBOT_SESSION_STORE=redis without REDIS_URL stops start-up, not the first call
+        session_settings = SessionSettings()
+    except ValidationError as exc:
+        raise SystemExit(f"session store settings: {exc}") from None
     state = AppState(settings=settings, spec=spec, signing_key=settings.media_signing_key())
     state.calls = CallControl.from_settings(settings, spec, state.active, state.signing_key)
 
@@ -76,6 +82,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry_for(state.resources)  # bad OTEL_* settings stop start-up here
         await warm_up(spec, state.resources)
         await event_bus_for(state.resources).start()  # closed with the resources
+        from voicebot.server.sessions import open_call_sessions
+
+        sessions = open_call_sessions(state, session_settings)  # closed with the resources
+        logger.info(f"call sessions kept in {sessions.store.backend}")
         try:
             yield
         finally:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, Response
 from voicebot.events import event_bus_for
 from voicebot.server.app import state_of
 from voicebot.server.realtime import dashboard_clients
+from voicebot.server.sessions import sessions_check
 from voicebot.services.azure import speech_status
 
 router = APIRouter(tags=["health"])
@@ -37,11 +38,14 @@ async def ready(request: Request, response: Response) -> dict[str, Any]:
     }
     if (speech := speech_status(state.resources)) is not None:
         checks["azure_speech"] = speech  # a cold pool slows first audio; it does not block calls
+    # Sessions degraded (Redis down): calls go on with in-process state, so still ready.
+    checks["sessions"] = await sessions_check(state)
     checks["events"] = event_bus_for(state.resources).status()  # degraded: no relay to others
     checks["dashboard"] = dashboard_clients(state).status()
     ready_now = checks["calls"]["status"] == "ok"
+    degraded = sorted(name for name, check in checks.items() if check.get("status") == "degraded")
     status = "ready" if ready_now else "full"
     if state.draining:
         status = "draining"
         response.status_code = 503
-    return {"status": status, "checks": checks}
+    return {"status": status, "degraded": degraded, "checks": checks}

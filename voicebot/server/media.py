@@ -44,6 +44,8 @@ from voicebot.processors.transcript import (
 )
 from voicebot.runner import CallOutcome, CallRunner
 from voicebot.server.app import AppState, state_of
+from voicebot.server.sessions import start_call_session
+from voicebot.sessions.keys import check_call_id
 from voicebot.telemetry import telemetry_for
 from voicebot.transports.acs import ACS_SAMPLE_RATES, ACSMediaSerializer
 
@@ -164,6 +166,12 @@ async def media_stream(websocket: WebSocket) -> None:
         logger.warning("media stream refused: no call id (header or call_id query parameter)")
         await websocket.close(POLICY_VIOLATION, "missing call id")
         return
+    try:
+        check_call_id(call_id)
+    except ValueError as exc:
+        logger.warning(f"media stream refused: {exc}")
+        await websocket.close(POLICY_VIOLATION, "invalid call id")
+        return
     problem = verify(state.signing_key, stream_id, websocket.query_params.get("token"))
     if problem is not None:
         logger.warning(f"media stream for call {call_id} refused: {problem.value}")
@@ -257,7 +265,20 @@ async def media_stream(websocket: WebSocket) -> None:
         if guard.closed_with is None:  # else we closed it, and hung up already
             await call.hang_up("media stream closed by ACS")
 
-    logger.info(f"call {call_id} connected (correlation {correlation_id or '-'})")
+    # The call's stored state, if it was here before (another socket, maybe another worker):
+    # its agents carry on from it without greeting again.
+    live = await start_call_session(
+        state,
+        call_id,
+        direction=known.direction.value if known is not None and known.direction else "inbound",
+        correlation_id=correlation_id,
+        caller=known.caller if known is not None else None,
+        callee=known.callee if known is not None else None,
+    )
+    logger.info(
+        f"call {call_id} connected (correlation {correlation_id or '-'})"
+        + (f", resuming at turn {live.session.turn_count}" if live.resumed else "")
+    )
     events.started()
     try:
         outcome = await call.run()
@@ -265,6 +286,7 @@ async def media_stream(websocket: WebSocket) -> None:
         record.finish((call.outcome or CallOutcome.COMPLETED).value)
         observed.finish(call.outcome, call.error)
         events.ended((call.outcome or CallOutcome.COMPLETED).value, call.error)
+        await live.close()  # the last state, bounded; the call may reconnect anywhere
     if guard.counts:
         logger.info(f"call {call_id}: bad input {guard.summary()}")
     logger.info(f"call {call_id} finished: {outcome.value}")

@@ -76,6 +76,8 @@ class CallSession(BaseModel):
       context across hand-offs, so returning to an agent does not start it over).
     * ``memory`` is what the agents learned and share (e.g. ``verified: true``, an account id);
       ``slots`` are the values the current task is collecting. Both must be JSON-serialisable.
+    * ``visits`` counts the entries into each agent, so a resumed call greets a returning
+      caller as the old worker would have.
     * ``version`` is the store's, bumped by every write; a worker never sets it (see
       :meth:`voicebot.sessions.store.SessionStore.save`). 0 means "never stored".
     * ``created_at`` / ``updated_at`` are UTC; the store sets ``updated_at`` on every write.
@@ -88,6 +90,8 @@ class CallSession(BaseModel):
     memory: dict[str, Any] = Field(default_factory=dict, repr=False)
     slots: dict[str, Any] = Field(default_factory=dict, repr=False)
     history: dict[str, list[ChatMessage]] = Field(default_factory=dict, repr=False)
+    visits: dict[str, int] = Field(default_factory=dict)
+    """How many times each agent was entered (an agent met before says its return greeting)."""
     turn_count: int = Field(default=0, ge=0)
     """Completed turns (one user utterance and the bot's answer to it)."""
     created_at: datetime = Field(default_factory=utc_now)

@@ -98,7 +98,8 @@ class CallReport:
         max_send_lag_ms: Worst delay of a frame behind its 20 ms schedule; large values mean the
             simulator's own event loop was too busy for its timings to be trusted.
         bad_bot_messages: Bot messages that were not valid ``AudioData``/``StopAudio``.
-        closed_by: "caller" (us), "bot" (the server closed first), or None while open.
+        closed_by: "caller" (us), "bot" (the server closed first), "dropped" (:meth:`drop`),
+            or None while open.
         error: Why the simulator stopped sending early, if it did (e.g. a send timed out).
         close_code: WebSocket close code, None while open.
         close_reason: WebSocket close reason.
@@ -249,6 +250,19 @@ class ACSCallSimulator:
                 self._closed_by = "caller"
             with contextlib.suppress(TimeoutError, OSError):
                 await asyncio.wait_for(self._ws.close(1000, "call ended"), self._close_timeout)
+        await self._stop(self._receive_task, grace=self._close_timeout)
+
+    async def drop(self) -> None:
+        """Lose the connection without a closing handshake, as a network failure would.
+
+        The server sees the socket end abnormally (1006). ACS would then reconnect the media
+        stream of the same call: open a new simulator with the same ``call_connection_id``.
+        """
+        await self._stop(self._pump_task)
+        if self._ws is not None:
+            if self._closed_by is None:
+                self._closed_by = "dropped"
+            self._ws.transport.abort()
         await self._stop(self._receive_task, grace=self._close_timeout)
 
     async def _stop(self, task: asyncio.Task[None] | None, grace: float = 0.0) -> None:
