@@ -86,6 +86,12 @@ def test_set_env_value_is_typed(pipeline_file: Callable[[str], Path]) -> None:
             "does not carry 8000 Hz audio",
         ),
         (
+            "name: p\ntransport: acs\naudio: {in_rate: 24000, out_rate: 24000}\n"
+            "processors:\n  - vad: {provider: silero}\n  - echo\n",
+            5,
+            "vad 'silero' runs at 8000 or 16000 Hz, not audio.in_rate 24000",
+        ),
+        (
             "name: p\ntransport: acs\nprocessors:\n  - stt: {language: en-US}\n",
             4,
             "stt needs a provider",

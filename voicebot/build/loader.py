@@ -190,6 +190,8 @@ def check_pipeline(
                 steps.append(step)
         if transport is not None and len(steps) == len(raw_processors):
             problems.extend(check_neighbours(steps, transport, file, locations))
+        if shape is not None:
+            problems.extend(check_input_rates(steps, audio.in_rate, file))
 
     problems = _tidy(problems)
     if problems or shape is None or transport is None:
@@ -352,6 +354,26 @@ def _resolve_step(
     if callable(check):
         problems.extend(check(file.resolve().parent))
     return Step(spec, prov, params, locations.line(path))
+
+
+def check_input_rates(steps: list[Step], in_rate: int, file: Path) -> list[Problem]:
+    """Providers that cannot run at the pipeline's input rate (Silero: 8 or 16 kHz only)."""
+    problems = []
+    for step in steps:
+        rates = step.provider.input_rates
+        if rates is not None and in_rate not in rates:
+            problems.append(
+                Problem(
+                    file,
+                    step.line,
+                    f"{step.name}.provider",
+                    step.provider.name,
+                    f"{step.name} {step.provider.name!r} runs at "
+                    f"{' or '.join(str(r) for r in rates)} Hz, not audio.in_rate {in_rate}",
+                    f"set audio.in_rate: {max(rates)} (the transport resamples the call to it)",
+                )
+            )
+    return problems
 
 
 def _tidy(problems: list[Problem]) -> list[Problem]:

@@ -56,6 +56,8 @@ class Provider:
     warm: Warm | None = None
     """Called once per process at start-up, off the event loop, so the first call is not the one
     that waits for models to load."""
+    input_rates: tuple[int, ...] | None = None
+    """The pipeline input rates (``audio.in_rate``) it works at; None: any."""
 
 
 @dataclass
@@ -298,17 +300,20 @@ def provider(
     params: type[BaseModel],
     *,
     warm: Warm | None = None,
+    input_rates: tuple[int, ...] | None = None,
     registry: Registry | None = None,
 ) -> Callable[[Factory], Factory]:
     """Decorate ``factory(params, context)`` as one provider of a registered service.
 
     ``warm(params, resources)``, if given, loads the provider's shared resources at start-up.
+    ``input_rates``, if given, are the only ``audio.in_rate`` values it works at; ``validate``
+    reports a pipeline that sets another.
     """
 
     def register(factory: Factory) -> Factory:
         doc = (inspect.getdoc(factory) or "").split("\n")[0]
         (registry or _default).add_provider(
-            processor_name, Provider(provider_name, params, factory, doc, warm)
+            processor_name, Provider(provider_name, params, factory, doc, warm, input_rates)
         )
         return factory
 

@@ -135,7 +135,7 @@ def _warm(params: SileroParams, resources: SharedResources) -> None:
     shared_pool(resources)
 
 
-@provider("vad", "silero", SileroParams, warm=_warm)
+@provider("vad", "silero", SileroParams, warm=_warm, input_rates=(8000, 16000))
 def silero_vad(params: SileroParams, context: BuildContext) -> Any:
     """Silero VAD (bundled with pipecat), one model shared by all calls."""
     analyzer = SharedSileroVADAnalyzer(
