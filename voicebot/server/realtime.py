@@ -34,7 +34,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, HTTPException, WebSocket
@@ -283,7 +283,7 @@ async def conversation(websocket: WebSocket) -> None:
         on_control=control,
     )
     transport = FastAPIWebsocketTransport(
-        websocket,
+        cast(WebSocket, _CloseDeferred(websocket)),
         FastAPIWebsocketParams(
             serializer=serializer,
             audio_in_enabled=True,
@@ -338,6 +338,20 @@ async def conversation(websocket: WebSocket) -> None:
     if websocket.application_state == WebSocketState.CONNECTED:
         with contextlib.suppress(Exception):
             await websocket.close(NORMAL_CLOSURE, outcome.value)
+
+
+class _CloseDeferred:
+    """The conversation's socket as its transport sees it: closing it is left to the endpoint,
+    which first sends the page the call's last events (``call_ended``)."""
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self._websocket = websocket
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._websocket, name)
+
+    async def close(self, code: int = NORMAL_CLOSURE, reason: str | None = None) -> None:
+        """Nothing now: the endpoint closes the socket once the call's events are sent."""
 
 
 def _conversation_refusal(
