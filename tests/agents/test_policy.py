@@ -1,4 +1,5 @@
-"""The offline policy's reading of transcripts: numbers as speech recognisers write them."""
+"""The offline policy's reading of transcripts: numbers as speech recognisers write them, and
+keypad entries."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from voicebot.agents.policy import normalize
         ("My account number is 12345678.", "my account number is 12345678."),
         ("I paid $1,234.56 today", "i paid $1,234.56 today"),  # a thousands separator stays
         ("fifty dollars", "50 dollars"),
+        ("DTMF: 12345678#", "12345678"),  # keyed, ended with '#'
+        ("DTMF: 1234", "1234"),  # keyed, ended by the keypad timeout
+        ("The DTMF: 1# key", "the dtmf: 1# key"),  # only a whole keypad entry is one
     ],
 )
 def test_numbers_are_read_as_digits(heard: str, normalized: str) -> None:

