@@ -57,7 +57,7 @@ processors:{vad}
 #: is" came back as "my tennis").
 KEY_WORDS = {
     "bank_bill": ["help", "bill"],
-    "bank_account": ["account", "five", "six", "seven", "eight"],
+    "bank_account": ["four", "five", "six", "seven", "eight"],
     "bank_pin": ["three", "four"],
     "bank_balance": ["what", "balance"],
 }
@@ -127,7 +127,7 @@ def test_params_are_checked() -> None:
 
 
 def test_validate_accepts_sphinx_and_names_bad_params(pipeline_file: WritePipeline) -> None:
-    good = load_pipeline(pipeline(pipeline_file, preroll_ms=300, second_pass="false"))
+    good = load_pipeline(pipeline(pipeline_file, preroll_ms=300, second_pass="true"))
     assert good.step("stt").provider.name == "sphinx"
     path = pipeline(pipeline_file, language="de", batch_ms=5000, beams=3)
     with pytest.raises(ConfigError) as error:

@@ -31,8 +31,10 @@ restores it on every decoder it borrows, so callers never adapt to each other's 
 pocketsphinx holds the GIL while it decodes. Audio is therefore fed in 20 ms slices (≈2–5 ms of
 CPU each) so the event loop gets the GIL back between them, and the process decodes on at most
 one core however many threads the pool has (RTF ≈0.1: about ten callers speaking at once per
-process). Ending an utterance runs a second pass over it (``second_pass``) that holds the GIL for
-30–90 ms on a 2–4 s utterance; turning it off cuts that to ≈5 ms, at some cost in accuracy.
+process). Ending an utterance takes ≈5 ms. The optional second pass (``second_pass: true``,
+pocketsphinx's flat-lexicon rescoring) fixes some words (on the bank WAVs, "like how members"
+became "my account numbers") but holds the GIL for 35–90 ms of CPU per 1.5–4 s utterance, a
+stall every other call of the process feels (20 ms audio frames are due meanwhile).
 
 Sizes are set per process with an environment variable (a whole number, read when the pool is
 first created):
@@ -95,7 +97,8 @@ __all__ = [
 #: The packaged en-us acoustic model hears 16 kHz mono; other input rates are resampled.
 SPHINX_RATE = 16000
 #: Seconds from the VAD's end of speech to the final transcript, p99, for pipecat's turn
-#: strategy: the queued batches plus the second pass, with room for a busy 2-core machine.
+#: strategy: the batches still queued at the VAD's stop plus ending the utterance, measured
+#: at 0.1–0.25 s on a busy 2-core machine.
 SPHINX_TTFS_P99 = 0.5
 #: Audio handed to the decoder per call into it: small enough to give the GIL back often.
 SLICE_MS = 20
@@ -124,9 +127,10 @@ class SphinxSTTParams(BaseModel):
     ``start_secs``, or the first word is cut."""
     interim: bool = True
     """Push ``InterimTranscriptionFrame``s while the caller speaks."""
-    second_pass: bool = True
-    """Rescore the whole utterance when it ends (pocketsphinx's flat-lexicon pass): better
-    words, 30–90 ms more from end of speech to the final transcript."""
+    second_pass: bool = False
+    """Rescore the whole utterance when it ends (pocketsphinx's flat-lexicon pass): some words
+    better, but 35–90 ms of CPU more per utterance, during which the process's event loop
+    stalls (pocketsphinx holds the GIL)."""
 
     @field_validator("language")
     @classmethod
@@ -177,7 +181,7 @@ class DecoderPool:
     the pool grows to the most utterances ever decoded at once.
     """
 
-    def __init__(self, *, second_pass: bool = True) -> None:
+    def __init__(self, *, second_pass: bool = False) -> None:
         """Prepare the pool; no decoder is created until :meth:`borrow` (or :meth:`fill`)."""
         self._options: dict[str, Any] = {"loglevel": "FATAL", "fwdflat": second_pass}
         self._idle: list[Decoder] = []
@@ -225,7 +229,7 @@ class DecoderPool:
         return len(self._idle)
 
 
-def decoder_pool(resources: SharedResources, *, second_pass: bool = True) -> DecoderPool:
+def decoder_pool(resources: SharedResources, *, second_pass: bool = False) -> DecoderPool:
     """The process's decoders with (or without) the second pass; cheap, creates no decoder."""
     return resources.get(
         DECODERS_KEY.format(second_pass=second_pass),
