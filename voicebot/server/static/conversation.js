@@ -50,6 +50,8 @@ function play(buffer) {
   const at = Math.max(audio.context.currentTime + 0.05, audio.playHead);
   source.start(at);
   audio.playHead = at + chunk.duration;
+  const played = Number(document.body.dataset.botAudioMs || 0) + chunk.duration * 1000;
+  document.body.dataset.botAudioMs = String(Math.round(played)); // what tests check
   audio.sources.add(source);
   source.onended = () => audio && audio.sources.delete(source);
 }
