@@ -15,8 +15,6 @@ state dirty after every turn, without any change to how pipelines are built.
 
 from __future__ import annotations
 
-from typing import Any
-
 from loguru import logger
 
 from voicebot.services.resources import SharedResources
@@ -90,13 +88,11 @@ class CallSessions:
         store: SessionStore,
         *,
         close_timeout_secs: float = FLUSH_TIMEOUT_SECS,
-        writer_options: dict[str, Any] | None = None,
     ) -> None:
         self.store = store
         self.degraded = DegradedCalls()
         """Calls whose newest state could not be stored (the store is down); for readiness."""
         self._close_timeout = close_timeout_secs
-        self._writer_options = dict(writer_options or {})
         self._live: dict[str, LiveSession] = {}
 
     def __len__(self) -> int:
@@ -127,8 +123,8 @@ class CallSessions:
             opened.session,
             on_status=self.degraded,
             close_timeout_secs=self._close_timeout,
-            **self._writer_options,
         )
+        writer.start()
         live = LiveSession(
             opened.session,
             writer,

@@ -136,6 +136,14 @@ class SessionWriter:
         """True while a marked state has not been stored yet."""
         return self._written < self._marked
 
+    def start(self) -> None:
+        """Start the background task now, in the caller's task (else it starts on first use).
+
+        The call's endpoint does, so the task belongs to the call's whole lifetime rather than to
+        whichever processor marks the state first.
+        """
+        self._ensure_task()
+
     def mark_dirty(self, session: CallSession | None = None) -> None:
         """The session changed (a turn ended, an agent handed off): store it soon.
 
