@@ -26,7 +26,8 @@ from voicebot.testing.wav import silence, split_frames
 QUESTION = "What is my balance?"
 ANSWER = "Your balance is 42 dollars."
 GREETING = "Hello there."
-CALLER_WAV = Path(__file__).resolve().parents[2] / "voicebot/testing/data/bank_balance.wav"
+REPO = Path(__file__).resolve().parents[2]
+CALLER_WAV = REPO / "voicebot/testing/data/bank_balance.wav"
 
 PIPELINE = f"""\
 name: conversation-test
@@ -41,16 +42,30 @@ processors:
 """
 
 
+BANK_PIPELINE = f"""\
+name: bank-conversation-test
+transport: acs
+audio: {{in_rate: 16000, out_rate: 16000}}
+call: {{idle_timeout_secs: 30}}
+processors:
+  - vad: {{provider: silero, stop_secs: 0.2}}
+  - stt: {{provider: fake, final_delay_ms: 100, transcripts: ["I need help with my bill."]}}
+  - agents: {{store: {REPO / "agents"}}}
+  - tts: {{provider: fake, first_byte_ms: 50, ms_per_char: 8}}
+"""
+"""The bank's agents (offline policy); sessions in this process's memory."""
+
+
 @pytest.fixture
 def serve(
     pipeline_file: Callable[[str, str], Path], monkeypatch: pytest.MonkeyPatch
-) -> Callable[[], Any]:
+) -> Callable[..., Any]:
     for name in ("REDIS_URL", "VOICEBOT_REDIS_URL"):
         monkeypatch.delenv(name, raising=False)
 
     @asynccontextmanager
-    async def run() -> AsyncIterator[LocalServer]:
-        pipeline = pipeline_file(PIPELINE, "phone.yaml")
+    async def run(text: str = PIPELINE) -> AsyncIterator[LocalServer]:
+        pipeline = pipeline_file(text, "phone.yaml")
         async with no_leaked_tasks(grace_secs=2.0), LocalServer(local_settings(pipeline)) as server:
             yield server
 
@@ -163,3 +178,44 @@ async def test_a_page_of_another_site_is_refused(serve: Any) -> None:
                 await asyncio.wait_for(ws.recv(), 5)
         assert closed.value.rcvd is not None
         assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1008, "origin not allowed")
+
+
+@pytest.mark.slow
+async def test_a_page_that_reconnects_with_its_session_id_resumes_without_a_greeting(
+    serve: Any,
+) -> None:
+    async with serve(BANK_PIPELINE) as server:
+        async with connect(conversation_url(server), open_timeout=5) as ws:
+            await ws.send(json.dumps({"type": "start", "sample_rate": 16000}))
+            session = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            first = Browser(ws)
+            reader = asyncio.create_task(first.read())
+            await wait_for(lambda: bool(first.of_type("transcript")), 10)  # the greeting
+            await first.stream(silence(1500, 16000) + read_wav(CALLER_WAV, 16000), 16000)
+            await wait_for(lambda: len(first.finals()) >= 3, 10)  # greeting, caller, answer
+            # The socket drops (no stop message): the page reconnects with its session id.
+        await asyncio.wait_for(reader, 5)
+        call_id = session["session_id"]
+        record = server.transcript(call_id)
+        assert record is not None and await record.wait_finished(3)
+
+        url = conversation_url(server, f"session_id={call_id}")
+        async with connect(url, open_timeout=5) as ws:
+            await ws.send(json.dumps({"type": "start", "sample_rate": 16000}))
+            again = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            second = Browser(ws)
+            reader = asyncio.create_task(second.read())
+            await second.stream(silence(1500, 16000), 16000)
+            greeted_again = list(second.of_type("transcript"))
+            await second.stream(read_wav(CALLER_WAV, 16000), 16000)
+            await wait_for(lambda: any(r == "bot" for r, _ in second.finals()), 10)
+            await ws.send(json.dumps({"type": "stop"}))
+            await asyncio.wait_for(reader, 5)
+
+    assert (again["session_id"], again["resumed"]) == (call_id, True)
+    assert session["resumed"] is False
+    assert greeted_again == []
+    [user, bot] = second.finals()[:2]
+    assert user == ("user", "I need help with my bill.") and bot[0] == "bot" and bot[1]
+    agents = {e["agent"] for e in second.of_type("transcript")}
+    assert agents == {first.of_type("transcript")[-1]["agent"]}  # the same agent carries on

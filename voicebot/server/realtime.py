@@ -17,8 +17,11 @@ server answers ``{"type":"session","session_id":...,"sample_rate":...,"resumed":
 PCM16 mono binary frames flow both ways (see :mod:`voicebot.transports.browser`) along with the
 call's live events as JSON (``transcript``, ``handoff``, ``turn_latency``, ``error``,
 ``call_ended``) and ``{"type":"interrupt"}`` on barge-in. The call runs the server's pipeline
-through the same :class:`~voicebot.runner.CallRunner` as a phone call. Connections from another
-site (an ``Origin`` whose host is not this server's) are refused with 1008.
+through the same :class:`~voicebot.runner.CallRunner` as a phone call. The session id is the
+call id: a page that lost its socket reconnects with ``?session_id=<id>`` (to any worker sharing
+the session store) and the conversation resumes where it was (``"resumed": true``), without a
+new greeting. Connections from another site (an ``Origin`` whose host is not this server's) are
+refused with 1008; a draining worker refuses with 1013.
 
 **Pages.** ``GET /dashboard`` and ``GET /conversation``: static HTML and JavaScript from
 ``voicebot/server/static`` (no build step, nothing from a CDN).
@@ -52,6 +55,7 @@ from voicebot.processors.transcript import TranscriptRecorder
 from voicebot.runner import CallOutcome, CallRunner
 from voicebot.server.app import AppState, state_of
 from voicebot.server.media import POLICY_VIOLATION, TRY_AGAIN_LATER, transcripts
+from voicebot.server.sessions import start_call_session
 from voicebot.sessions.keys import check_call_id
 from voicebot.telemetry import telemetry_for
 from voicebot.transports.browser import BROWSER_SAMPLE_RATES, BrowserAudioSerializer
@@ -309,9 +313,17 @@ async def conversation(websocket: WebSocket) -> None:
     async def _gone(_transport: FastAPIWebsocketTransport, _ws: WebSocket) -> None:
         await call.hang_up("the browser closed the conversation")
 
+    # The conversation's stored state if this session was here before (a reconnection, on
+    # this worker or another): the agents carry on from it without greeting again.
+    live = await start_call_session(state, call_id, direction="inbound")
     await websocket.send_text(
         json.dumps(
-            {"type": "session", "session_id": call_id, "sample_rate": rate, "resumed": False}
+            {
+                "type": "session",
+                "session_id": call_id,
+                "sample_rate": rate,
+                "resumed": live.resumed,
+            }
         )
     )
     forwarder = asyncio.create_task(
@@ -326,6 +338,7 @@ async def conversation(websocket: WebSocket) -> None:
         record.finish(result.value)
         observed.finish(call.outcome, call.error)
         events.ended(result.value, call.error)
+        await live.close()  # the last state, bounded; the page may reconnect anywhere
         with contextlib.suppress(TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(asyncio.shield(forwarder), 1.0)  # until call_ended is sent
         forwarder.cancel()
@@ -368,6 +381,8 @@ def _conversation_refusal(
             return POLICY_VIOLATION, str(exc)[:120]
         if session_id in state.active:
             return POLICY_VIOLATION, "session already connected"
+    if state.draining:
+        return TRY_AGAIN_LATER, "worker draining"
     if len(state.active) >= state.settings.max_calls:
         return TRY_AGAIN_LATER, "worker at call limit"
     return None

@@ -8,6 +8,7 @@ const statusText = document.getElementById("status");
 const transcript = document.getElementById("transcript");
 const lines = new Map(); // utterance number -> line element
 let ws = null;
+let resumable = null; // the session id of a conversation whose socket dropped before it ended
 let audio = null; // { context, stream, node, playHead, sources }
 
 function setStatus(text) { statusText.textContent = text; }
@@ -75,14 +76,17 @@ async function start() {
   audio = { context, stream, node, playHead: 0, sources: new Set() };
 
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  ws = new WebSocket(`${scheme}//${location.host}/api/v1/realtime/conversation`);
+  const query = resumable ? `?session_id=${encodeURIComponent(resumable)}` : "";
+  ws = new WebSocket(`${scheme}//${location.host}/api/v1/realtime/conversation${query}`);
   ws.binaryType = "arraybuffer";
   ws.onopen = () => ws.send(JSON.stringify({ type: "start", sample_rate: RATE }));
   ws.onmessage = (message) => {
     if (message.data instanceof ArrayBuffer) { play(message.data); return; }
     const event = JSON.parse(message.data);
     if (event.type === "session") {
-      document.getElementById("session").textContent = `session ${event.session_id}`;
+      resumable = event.session_id;
+      const resumed = event.resumed ? " (resumed)" : "";
+      document.getElementById("session").textContent = `session ${event.session_id}${resumed}`;
       node.port.onmessage = (chunk) => {
         if (ws && ws.readyState === WebSocket.OPEN) ws.send(chunk.data);
       };
@@ -97,11 +101,15 @@ async function start() {
       const row = el("div", "latency", `answered in ${Math.round(event.voice_to_voice_ms)} ms`);
       transcript.append(row);
     } else if (event.type === "call_ended") {
+      if (event.outcome !== "cancelled") resumable = null; // the bot ended it
       setStatus(`Conversation ended (${event.outcome}).`);
     }
   };
   ws.onclose = (e) => {
-    if (e.code !== 1000) setStatus(`Disconnected (${e.code}${e.reason ? ": " + e.reason : ""}).`);
+    if (e.code !== 1000) {
+      const again = resumable ? " Press the button to resume." : "";
+      setStatus(`Disconnected (${e.code}${e.reason ? ": " + e.reason : ""}).${again}`);
+    }
     stop(false);
   };
   button.textContent = "Stop";
@@ -111,6 +119,7 @@ async function start() {
 function stop(sendStop = true) {
   if (ws && sendStop && ws.readyState === WebSocket.OPEN) {
     ws.send(JSON.stringify({ type: "stop" }));
+    resumable = null; // the person ended it: the next press starts a new conversation
   }
   ws = null;
   if (audio) {
