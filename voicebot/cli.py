@@ -1,4 +1,4 @@
-"""The ``voicebot`` command line: ``validate``, ``processors``, ``call``."""
+"""The ``voicebot`` command line: ``validate``, ``processors``, ``agents``, ``call``."""
 
 from __future__ import annotations
 
@@ -44,6 +44,13 @@ def cmd_processors(args: argparse.Namespace) -> int:
         if spec.description:
             print(f"    {spec.description}")
     return 0
+
+
+def cmd_agents(args: argparse.Namespace) -> int:
+    """List an agent store's agents; print every problem and exit 1 if it is broken."""
+    from voicebot.agents.listing import main as agents_main
+
+    return agents_main(args)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -123,6 +130,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     processors = sub.add_parser("processors", help="list processors usable in pipeline YAML")
     processors.set_defaults(func=cmd_processors)
+
+    agents = sub.add_parser(
+        "agents",
+        help="list an agent store's agents: tools, handoffs, voices, engine",
+        description="List the agents of a store (the entry agent marked *) with their "
+        "description, tools, handoffs, voice (and offline voice) and engine. A broken store "
+        "prints every problem, as validate does, and exits 1.",
+    )
+    where = agents.add_mutually_exclusive_group()
+    where.add_argument("--store", type=Path, help="agent store folder (default agents)")
+    where.add_argument(
+        "--pipeline", type=Path, help="the store a pipeline's agents processor names, its LLM"
+    )
+    agents.add_argument("--json", action="store_true", help="print the listing as JSON")
+    agents.set_defaults(func=cmd_agents)
 
     serve = sub.add_parser("serve", help="run the server: ACS media, call control, health")
     serve.add_argument("--pipeline", type=Path, help="pipeline YAML (default $VOICEBOT_PIPELINE)")
