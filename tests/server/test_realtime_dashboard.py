@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,10 +18,12 @@ from typing import Any
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from voicebot.server.realtime import dashboard_token
+from voicebot.sessions.keys import env_pattern
 from voicebot.simulate import LocalServer, local_settings
 from voicebot.testing import no_leaked_tasks, sample
 from voicebot.testing.acs_simulator import ACSCallSimulator, Turn
@@ -164,3 +169,67 @@ async def test_a_dashboard_watching_one_call_sees_only_that_call(
                     await sim.silence(300)
             events = await events_until_end(ws, "b")
     assert {e["call_id"] for e in events} == {"b"}
+
+
+def redis_url_or_skip() -> str:
+    """``$REDIS_URL`` or the Redis on 127.0.0.1:6379; skipped without one (failed in CI)."""
+    url = os.environ.get("REDIS_URL")
+    if url:
+        return url
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            if sock.recv(16).startswith(b"+PONG"):
+                return "redis://127.0.0.1:6379"
+    except OSError:
+        pass
+    message = "no Redis at $REDIS_URL or 127.0.0.1:6379"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.mark.slow
+async def test_a_call_on_one_worker_reaches_a_dashboard_on_another_through_redis(
+    pipeline_file: Callable[[str, str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = redis_url_or_skip()
+    env = f"test-{uuid.uuid4().hex[:12]}"
+    monkeypatch.setenv("REDIS_URL", url)
+    monkeypatch.setenv("VOICEBOT_SESSION_ENV", env)  # the test's keys and events channel
+    monkeypatch.delenv("VOICEBOT_REDIS_URL", raising=False)
+    pipeline = pipeline_file(PIPELINE, "phone.yaml")
+    async with (
+        no_leaked_tasks(grace_secs=2.0),
+        LocalServer(local_settings(pipeline)) as calls,
+        LocalServer(local_settings(pipeline)) as watcher,
+    ):
+        token = dashboard_token(watcher.state.signing_key)
+        async with connect(dashboard_url(watcher, token=token), open_timeout=5) as ws:
+            await receive(ws)  # hello
+            await receive(ws)  # snapshot
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{watcher.port}") as http:
+                for _ in range(100):
+                    ready = (await http.get("/api/v1/health/ready")).json()
+                    if ready["checks"]["events"]["status"] == "ok":
+                        break
+                    await asyncio.sleep(0.05)
+            events_check = ready["checks"]["events"]
+            assert events_check["backend"] == "redis" and events_check["relay"]["status"] == "ok"
+            async with ACSCallSimulator(calls.media_url("call-1"), call_connection_id="call-1") as sim:
+                await sim.silence(1500)
+                await sim.play([Turn(sample("balance"), pause_after_ms=3000)])
+            events = await events_until_end(ws, "call-1")
+        assert watcher.state.active.get("call-1") is None  # the call ran on the other worker
+
+    client = Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=env_pattern(env=env))]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+    finals = [(e["role"], e["text"]) for e in events if e["type"] == "transcript" and e["final"]]
+    assert finals == [("bot", GREETING), ("user", QUESTION), ("bot", ANSWER)]
+    assert [e["type"] for e in events][0] == "call_started"
+    assert any(e["type"] == "turn_latency" for e in events)
