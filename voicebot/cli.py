@@ -76,6 +76,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except CallControlSettingsError as exc:
         print(f"voicebot serve: {exc}", file=sys.stderr)
         return 1
+    workers = args.workers or settings.workers
+    if workers > 1:
+        from voicebot.server.workers import serve_workers
+
+        return serve_workers(overrides, args.log_level, workers, settings.host, settings.port)
+
     from voicebot.server.app import AppState
     from voicebot.server.drain import DrainingServer
 
@@ -150,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--pipeline", type=Path, help="pipeline YAML (default $VOICEBOT_PIPELINE)")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes sharing the port (default $VOICEBOT_WORKERS or 1)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     url = sub.add_parser("media-url", help="print a signed media-stream URL for a call id")
@@ -227,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--pipecat-max-calls", type=int, default=25, help="skip stock above this")
     bench.add_argument("--pause-ms", type=int, default=3000, help="caller silence after a turn")
     bench.add_argument("--stagger", type=float, help="seconds over which callers connect")
+    bench.add_argument(
+        "--workers", type=int, default=1, help="voicebot worker processes (serve --workers)"
+    )
     bench.set_defaults(func=cmd_bench)
     return parser
 

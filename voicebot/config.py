@@ -29,6 +29,9 @@ class Settings(BaseSettings):
 
     max_calls: int = Field(default=200, ge=1)
     """Concurrent calls this worker accepts; more are refused with WebSocket close code 1013."""
+    workers: int = Field(default=1, ge=1)
+    """Worker processes ``voicebot serve`` starts on the one port (each takes ``max_calls``);
+    see :mod:`voicebot.server.workers`."""
     drain_timeout_secs: float = Field(default=30.0, ge=0)
     """On SIGTERM, how long calls in progress may go on before the worker stops (new calls are
     refused meanwhile); see :mod:`voicebot.server.drain`."""

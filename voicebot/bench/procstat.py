@@ -38,6 +38,42 @@ def rss_bytes(pid: int) -> int:
         return int(f.read().split()[1]) * _PAGE_BYTES
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (a server's worker processes), from ``/proc``."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue  # gone meanwhile
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, ()))
+    return tree
+
+
+def tree_usage(pid: int) -> tuple[float, int]:
+    """CPU seconds and RSS bytes of ``pid`` and its descendants, summed.
+
+    Raises:
+        OSError: ``pid`` itself is gone (a descendant that ends meanwhile is left out).
+    """
+    cpu, rss = cpu_seconds(pid), rss_bytes(pid)
+    for child in process_tree(pid)[1:]:
+        try:
+            cpu, rss = cpu + cpu_seconds(child), rss + rss_bytes(child)
+        except OSError:
+            continue
+    return cpu, rss
+
+
 def machine_busy_seconds() -> tuple[float, float]:
     """``(busy, total)`` CPU seconds of all cores since boot (``/proc/stat``'s ``cpu`` line)."""
     with open("/proc/stat", "rb") as f:
@@ -63,12 +99,14 @@ class Sample:
 class ProcessSampler:
     """Reads a process's CPU time and RSS every ``interval_secs`` while running (a task).
 
+    With ``children`` the process's descendants count too (``voicebot serve --workers N``).
     Use :meth:`cpu_percent` and :meth:`max_rss` over any window afterwards. A process that dies
     ends the sampling; what was read stays.
     """
 
     pid: int
     interval_secs: float = 0.5
+    children: bool = False
     samples: list[Sample] = field(default_factory=list)
     _task: asyncio.Task[None] | None = None
 
@@ -76,9 +114,11 @@ class ProcessSampler:
         """Take one sample now (also kept); None if the process is gone."""
         try:
             busy, total = machine_busy_seconds()
-            sample = Sample(
-                time.monotonic(), cpu_seconds(self.pid), rss_bytes(self.pid), busy, total
-            )
+            if self.children:
+                cpu, rss = tree_usage(self.pid)
+            else:
+                cpu, rss = cpu_seconds(self.pid), rss_bytes(self.pid)
+            sample = Sample(time.monotonic(), cpu, rss, busy, total)
         except (OSError, ValueError, IndexError):
             return None
         self.samples.append(sample)

@@ -68,6 +68,8 @@ class BenchConfig:
     stagger_secs: float | None = None
     """Callers connect evenly over this; None: see :meth:`stagger_for`."""
     log_dir: Path = Path("/tmp/voicebot-bench")
+    workers: int = 1
+    """voicebot's worker processes (``serve --workers``); stock pipecat runs one process."""
 
     def stagger_for(self, calls: int, cycle_secs: float) -> float:
         """Seconds over which ``calls`` callers connect.
@@ -143,10 +145,15 @@ async def run_side(
         summary["server"] = config.url
         return summary
 
+    workers = config.workers if side == "voicebot" else 1
     async with running_server(
-        side, config.pipeline, log_dir=config.log_dir, max_calls=max(200, calls + 10)
+        side,
+        config.pipeline,
+        log_dir=config.log_dir,
+        max_calls=max(200, calls + 10),
+        workers=workers,
     ) as server:
-        sampler = ProcessSampler(server.pid)
+        sampler = ProcessSampler(server.pid, children=workers > 1)
         before = sampler.read()
         await asyncio.sleep(SETTLE_SECS)
         idle = sampler.read()
@@ -173,6 +180,7 @@ async def run_side(
     summary["cpu_percent_idle"] = None if idle_cpu is None else round(idle_cpu, 1)
     summary["machine_cpu_percent_idle"] = None if idle_machine is None else round(idle_machine, 1)
     summary["server_exited"] = process_gone(pid)
+    summary["workers"] = workers
     return summary
 
 
@@ -287,6 +295,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         pipecat_max_calls=args.pipecat_max_calls,
         pause_ms=args.pause_ms,
         stagger_secs=args.stagger,
+        workers=args.workers,
     )
 
 

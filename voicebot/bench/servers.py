@@ -77,12 +77,16 @@ class Server:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def server_command(side: Side, pipeline: Path, port: int) -> list[str]:
-    """The command line that starts one server on 127.0.0.1:``port`` for ``pipeline``."""
+def server_command(side: Side, pipeline: Path, port: int, workers: int = 1) -> list[str]:
+    """The command line that starts one server on 127.0.0.1:``port`` for ``pipeline``.
+
+    ``workers`` > 1 starts voicebot with that many worker processes on the port.
+    """
     if side == "voicebot":
         return [
             sys.executable, "-m", "voicebot.cli", "--log-level", "WARNING", "serve",
             "--pipeline", str(pipeline), "--host", "127.0.0.1", "--port", str(port),
+            "--workers", str(workers),
         ]  # fmt: skip
     return [
         sys.executable, "-m", "voicebot.bench.stock_pipecat",
@@ -103,6 +107,7 @@ async def running_server(
     log_dir: Path,
     max_calls: int,
     extra_env: Mapping[str, str] | None = None,
+    workers: int = 1,
 ) -> AsyncIterator[Server]:
     """Start a server, wait until it is ready, yield it, and stop it whatever happens.
 
@@ -123,7 +128,7 @@ async def running_server(
     }
     with log_path.open("wb") as log:
         process = await asyncio.create_subprocess_exec(
-            *server_command(side, pipeline, port),
+            *server_command(side, pipeline, port, workers),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=log,
             stderr=asyncio.subprocess.STDOUT,

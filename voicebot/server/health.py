@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -13,6 +15,9 @@ from voicebot.server.sessions import sessions_check
 from voicebot.services.azure import speech_status
 
 router = APIRouter(tags=["health"])
+
+#: This worker process, as readiness reports it (several may serve one port).
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
 @router.get("/health")
@@ -48,4 +53,4 @@ async def ready(request: Request, response: Response) -> dict[str, Any]:
     if state.draining:
         status = "draining"
         response.status_code = 503
-    return {"status": status, "degraded": degraded, "checks": checks}
+    return {"status": status, "worker": WORKER, "degraded": degraded, "checks": checks}
