@@ -253,3 +253,5 @@ async def test_a_resumed_call_goes_on_listening_and_answers_from_what_it_learned
     assert stored is not None
     assert stored.turn_count == 4 and stored.visits == {"auth": 1, "billing": 1}
     assert stored.history["billing"][-1].content == "Your balance is $1,234.56."
+    said = [m for history in stored.history.values() for m in history if m.role == "user"]
+    assert len(said) == 4  # the restored messages were recognised, not stored twice
