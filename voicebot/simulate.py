@@ -11,8 +11,8 @@ The caller first listens to the greeting, if any. Then each turn's WAV plays in 
 answered and gone quiet (:data:`QUIET_MS`), or has not started answering within
 :data:`ANSWER_TIMEOUT_MS` of the end of the caller's speech.
 
-Per turn it reports what the caller said as recognised, which agent answered, what the bot said
-and the response latency: ms from the end of the caller's speech in the audio to the first bot
+Per turn it reports what the caller said as recognised, which agent answered and with which
+voice, what the bot said and the response latency: ms from the end of the caller's speech in the audio to the first bot
 audio frame (the simulator's rule over sockets; the last 20 ms frame louder than -40 dBFS to
 the first output audio frame in the harness). Texts come from the server's per-call record
 (:class:`~voicebot.processors.transcript.CallTranscript`), which only an in-process server can
@@ -82,6 +82,9 @@ class Turn:
     """End of caller speech in the audio → first bot audio frame; None if the bot said nothing."""
     bot_audio_ms: float = 0.0
     """Bot audio received in the turn (until the next turn started), in ms."""
+    voice: str | None = None
+    """The voice ``agent`` speaks with, as the agent router names it (on the offline TTS with
+    the local voice: ``en-US-AndrewMultilingualNeural (local: joe, pitch 0.86, length 1.05)``)."""
 
 
 @dataclass
@@ -258,6 +261,7 @@ async def call_over_socket(
         )
         latency = None if turn.latency_ms is None else round(turn.latency_ms, 1)
         report.turns.append(Turn(*texts[index], latency, round(audio_ms, 1)))
+    _name_voices(report.turns, record)
     if result.closed_by == "bot" and result.close_code != 1000:
         report.error = f"the server closed the call: {result.close_code} {result.close_reason}"
     return report
@@ -407,6 +411,16 @@ def _texts_by_turn(
     return greeting, turns
 
 
+def _name_voices(turns: list[Turn], record: CallTranscript | None) -> None:
+    """Set each answered turn's ``voice``: the one its agent was entered with (the router's
+    ``enter`` decisions name it)."""
+    if record is None:
+        return
+    voices = {d.agent: d.target for d in record.decisions if d.kind == "enter" and d.target}
+    for turn in turns:
+        turn.voice = voices.get(turn.agent) if turn.agent else None
+
+
 # --- a call through the harness (no sockets) ----------------------------------------------------
 
 
@@ -514,6 +528,7 @@ async def simulate(
         latency = None if first_audio is None else round((first_audio - speech_end) * 1000, 1)
         audio_ms = sum(e - s for s, e in played if start * 1000 <= s < end * 1000)
         report.turns.append(Turn(*texts[index], latency, round(audio_ms, 1)))
+    _name_voices(report.turns, record)
     if out is not None:
         write_wav(out, bot_audio_timeline(call.output, out_rate), out_rate)
     return report

