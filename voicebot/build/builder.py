@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from loguru import logger
 from pipecat.frames.frames import Frame, InputAudioRawFrame
@@ -23,6 +24,9 @@ from voicebot.build.loader import PipelineSpec
 from voicebot.build.observers import grouped
 from voicebot.build.registry import as_built
 from voicebot.services.resources import SharedResources
+
+if TYPE_CHECKING:
+    from voicebot.processors.inactivity import InactivityMonitor
 
 #: How long cancelling a call's pipeline may take before its tasks are cancelled hard, in s.
 CANCEL_TIMEOUT_SECS = 1.5
@@ -82,17 +86,38 @@ def build_processors(spec: PipelineSpec, context: BuildContext) -> Built:
     """Instantiate every step of ``spec`` for one call, in order.
 
     Caller audio stops after the last step that consumes it (:class:`CallerAudioStop`), unless
-    that step is the last one.
+    that step is the last one. The call's :class:`InactivityMonitor` (if ``call:`` asks for
+    reprompts) goes there too: no caller audio reaches it, speech events and transcripts do.
     """
     out = Built([])
     stop_after = last_audio_consumer(spec)
+    monitor = inactivity_monitor(spec)
+    if monitor is not None and stop_after is None:
+        out.processors.append(monitor)
     for i, step in enumerate(spec.steps):
         built = as_built(step.provider.factory(step.params, context))
         out.processors.extend(built.processors)
         out.tail.extend(built.tail)
         if i == stop_after and i < len(spec.steps) - 1:
             out.processors.append(CallerAudioStop())
+        if i == stop_after and monitor is not None:
+            out.processors.append(monitor)
     return out
+
+
+def inactivity_monitor(spec: PipelineSpec) -> InactivityMonitor | None:
+    """A fresh reprompt timer for one call, or None if the pipeline's ``call:`` has none."""
+    call = spec.call
+    if call.reprompt_after_secs is None:
+        return None
+    # Importing voicebot.processors imports modules that import this one: import it late.
+    from voicebot.processors.inactivity import InactivityMonitor
+
+    return InactivityMonitor(
+        after_secs=call.reprompt_after_secs,
+        text=call.reprompt_text,
+        max_reprompts=call.max_reprompts,
+    )
 
 
 def build_pipeline(

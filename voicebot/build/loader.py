@@ -126,6 +126,33 @@ def load_pipeline(
     return spec
 
 
+def check_reprompt(
+    steps: list[Step], call: CallSpec, file: Path, locations: Locations
+) -> list[Problem]:
+    """A reprompt (``call.reprompt_after_secs``) needs a step that speaks text (a ``tts``)."""
+    if call.reprompt_after_secs is None:
+        return []
+    speaks = any(
+        step.spec.consumes is not None
+        and FrameKind.TEXT in step.spec.consumes
+        and step.spec.emits is not None
+        and FrameKind.AUDIO_OUT in step.spec.emits
+        for step in steps
+    )
+    if speaks:
+        return []
+    return [
+        Problem(
+            file,
+            locations.line(("call", "reprompt_after_secs")),
+            "call.reprompt_after_secs",
+            call.reprompt_after_secs,
+            "the reprompt is spoken by the pipeline's tts, and this pipeline has none",
+            "add a tts step, or remove call.reprompt_after_secs",
+        )
+    ]
+
+
 def check_pipeline(
     path: str | Path,
     *,
@@ -192,6 +219,7 @@ def check_pipeline(
             problems.extend(check_neighbours(steps, transport, file, locations))
         if shape is not None:
             problems.extend(check_input_rates(steps, audio.in_rate, file))
+            problems.extend(check_reprompt(steps, shape.call, file, locations))
 
     problems = _tidy(problems)
     if problems or shape is None or transport is None:
