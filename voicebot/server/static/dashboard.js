@@ -22,7 +22,7 @@ function apply(event) {
       break;
     case "call_ended":
       call.ended = event.outcome;
-      call.entries.push({ kind: "note", text: `call ended: ${event.outcome}` });
+      call.entries.push({ kind: "note", cls: "end", text: `call ended: ${event.outcome}` });
       break;
     case "transcript": {
       if (event.agent) call.agent = event.agent;
@@ -42,13 +42,15 @@ function apply(event) {
       break;
     case "handoff":
       call.agent = event.to_agent;
-      call.entries.push({ kind: "note", text: `handoff ${event.from_agent} → ${event.to_agent}` });
+      call.entries.push({ kind: "note", cls: "handoff",
+                          text: `handoff ${event.from_agent} → ${event.to_agent}` });
       break;
     case "tool_call":
-      call.entries.push({ kind: "note", text: `${event.agent} called ${event.tool}` });
+      call.entries.push({ kind: "note", cls: "tool", text: `${event.agent} called ${event.tool}` });
       break;
     case "error":
-      call.entries.push({ kind: "note", text: `error (${event.source}): ${event.message}` });
+      call.entries.push({ kind: "note", cls: "error",
+                          text: `error (${event.source}): ${event.message}` });
       break;
   }
   if (!call.worker && event.worker) call.worker = event.worker;
@@ -82,7 +84,9 @@ function render() {
   const transcript = document.getElementById("transcript");
   transcript.replaceChildren();
   const call = selected && calls.get(selected);
-  document.getElementById("call-title").textContent = call ? `Transcript · ${call.id}` : "Transcript";
+  const title = document.getElementById("call-title");
+  title.replaceChildren("Transcript");
+  if (call) title.append(" · ", el("span", "call-id", call.id));
   if (!call) { transcript.append(el("div", "empty", "Select a call.")); return; }
   for (const entry of call.entries) {
     if (entry.kind === "line") {
@@ -99,7 +103,7 @@ function render() {
                  ` voice-to-voice (${stages})`);
       transcript.append(row);
     } else {
-      transcript.append(el("div", "note", entry.text));
+      transcript.append(el("div", `note ${entry.cls}`, entry.text));
     }
   }
 }
