@@ -57,6 +57,7 @@ from voicebot.server.app import AppState, state_of
 from voicebot.server.media import POLICY_VIOLATION, TRY_AGAIN_LATER, transcripts
 from voicebot.server.sessions import start_call_session
 from voicebot.sessions.keys import check_call_id
+from voicebot.sessions.model import CallDirection
 from voicebot.telemetry import telemetry_for
 from voicebot.transports.browser import BROWSER_SAMPLE_RATES, BrowserAudioSerializer
 
@@ -315,7 +316,7 @@ async def conversation(websocket: WebSocket) -> None:
 
     # The conversation's stored state if this session was here before (a reconnection, on
     # this worker or another): the agents carry on from it without greeting again.
-    live = await start_call_session(state, call_id, direction="inbound")
+    live = await start_call_session(state, call_id, direction=CallDirection.BROWSER)
     await websocket.send_text(
         json.dumps(
             {
