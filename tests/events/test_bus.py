@@ -25,6 +25,7 @@ from voicebot.events import (
     TurnLatencyEvent,
     parse_event,
 )
+from voicebot.events.bus import STALE_CALL_SECS
 from voicebot.events.model import event_json
 
 
@@ -185,3 +186,15 @@ async def test_redis_down_local_events_go_on_and_the_relay_resumes(
         after = await next_event(remote)
         assert isinstance(after, Transcript) and after.text == "after"
         assert remote._queue.empty()  # "during" never reached worker two
+
+
+async def test_a_call_not_heard_of_for_long_is_forgotten() -> None:
+    now = [100.0]
+    async with running(EventBus(worker="w1", clock=lambda: now[0])) as bus:
+        subscription = bus.subscribe()
+        bus.publish(CallStarted(call_id="gone", worker="dead:1"))  # its worker died mid-call
+        await next_event(subscription)
+        now[0] += STALE_CALL_SECS - 1
+        assert [c["call_id"] for c in bus.snapshot()] == ["gone"]
+        now[0] += 2
+        assert bus.snapshot() == [] and bus.active_call_ids() == []

@@ -15,7 +15,8 @@ as unsent, and the relay reconnects on its own (every ``retry_secs``) and carrie
 
 The bus also keeps the view a dashboard starts from: the calls it has heard start and not end
 (from any worker) with their recent events (:meth:`EventBus.snapshot`). A worker that starts
-after a call began elsewhere learns of that call from its next event.
+after a call began elsewhere learns of that call from its next event; a call whose worker died
+without ending it is forgotten after :data:`STALE_CALL_SECS` without news.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +51,9 @@ QUEUE_SIZE = 1000
 SUBSCRIBER_QUEUE_SIZE = 500
 #: Recent events kept per active call for the snapshot.
 HISTORY_PER_CALL = 200
+#: A call not heard of for this many seconds is dropped from the snapshot (its worker died
+#: without ending it).
+STALE_CALL_SECS = 1800.0
 #: Events waiting to be sent to Redis.
 RELAY_QUEUE_SIZE = 1000
 #: Bound of one Redis operation, in seconds.
@@ -124,6 +129,7 @@ class _ActiveCall:
     started: CallStarted | None
     worker: str
     agent: str | None = None
+    last_seen: float = 0.0
     events: deque[CallEvent] = field(default_factory=lambda: deque(maxlen=HISTORY_PER_CALL))
 
 
@@ -143,7 +149,9 @@ class EventBus:
         worker: str | None = None,
         queue_size: int = QUEUE_SIZE,
         subscriber_queue_size: int = SUBSCRIBER_QUEUE_SIZE,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """A bus; ``clock`` (seconds) tells when a call was last heard of."""
         self.worker = worker or worker_name()
         self.published = 0
         self.dropped = 0
@@ -155,6 +163,7 @@ class EventBus:
         self._calls: dict[str, _ActiveCall] = {}
         self._task: asyncio.Task[None] | None = None
         self._origin = f"{self.worker}/{id(self):x}"
+        self._clock = clock
 
     # -- publishing ----------------------------------------------------------------------------
 
@@ -228,6 +237,7 @@ class EventBus:
             call = self._calls[event.call_id] = _ActiveCall(started, event.worker)
         elif isinstance(event, CallStarted):  # the same call again (a reconnect, a resume)
             call.started, call.worker = event, event.worker
+        call.last_seen = self._clock()
         if isinstance(event, Transcript) and event.agent:
             call.agent = event.agent
         elif event.type == "handoff":
@@ -249,7 +259,13 @@ class EventBus:
             self._subscribers.remove(subscription)
 
     def snapshot(self, call_id: str | None = None) -> list[dict[str, Any]]:
-        """The active calls (or just ``call_id``) with their recent events, oldest first."""
+        """The active calls (or just ``call_id``) with their recent events, oldest first.
+
+        Calls not heard of for :data:`STALE_CALL_SECS` are forgotten first.
+        """
+        stale = self._clock() - STALE_CALL_SECS
+        for cid in [cid for cid, call in self._calls.items() if call.last_seen < stale]:
+            del self._calls[cid]
         calls = []
         for cid, call in self._calls.items():
             if call_id is not None and cid != call_id:
