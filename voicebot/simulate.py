@@ -12,11 +12,11 @@ answered and gone quiet (:data:`QUIET_MS`), or has not started answering within
 :data:`ANSWER_TIMEOUT_MS` of the end of the caller's speech.
 
 Per turn it reports what the caller said as recognised, which agent answered and with which
-voice, what the bot said and the response latency: ms from the end of the caller's speech in the audio to the first bot
-audio frame (the simulator's rule over sockets; the last 20 ms frame louder than -40 dBFS to
-the first output audio frame in the harness). Texts come from the server's per-call record
-(:class:`~voicebot.processors.transcript.CallTranscript`), which only an in-process server can
-be asked for: with ``url`` they are None and ``texts_available`` is False.
+voice, what the bot said and the response latency: ms from the end of the caller's speech in the
+audio to the first bot audio frame (the simulator's rule over sockets; the last 20 ms frame
+louder than -40 dBFS to the first output audio frame in the harness). Texts come from the
+server's per-call record (:class:`~voicebot.processors.transcript.CallTranscript`), which only an
+in-process server can be asked for: with ``url`` they are None and ``texts_available`` is False.
 """
 
 from __future__ import annotations
@@ -542,12 +542,16 @@ def print_report(report: CallReport) -> None:
         print("(texts not available from a remote server: timings and audio only)")
     if report.greeting:
         print(f"greeting: {report.greeting}")
+    voice = None
     for index, turn in enumerate(report.turns, 1):
         latency = "no answer" if turn.latency_ms is None else f"{turn.latency_ms:.0f} ms"
         print(f"turn {index}  [{latency}, {turn.bot_audio_ms / 1000:.1f} s of bot audio]")
         if report.texts_available:
             print(f"  caller: {turn.user_text or '(nothing recognised)'}")
             print(f"  bot ({turn.agent or '-'}): {turn.bot_text or '(silence)'}")
+        if turn.voice and turn.voice != voice:
+            print(f"  voice: {turn.voice}")
+            voice = turn.voice
     for handoff in report.handoffs:
         print(f"handoff (turn {handoff['turn']}): {handoff['from']} → {handoff['to']}")
     print(f"call {report.call_id} ended: {report.outcome or 'unknown (remote server)'}")
