@@ -3,8 +3,8 @@
 :class:`CallEvents` adds no observer to the call: it listens to the call's
 :class:`~voicebot.processors.transcript.CallTranscript` (utterances, interim transcripts, the
 router's decisions) and to its :class:`~voicebot.telemetry.observer.CallObserver` (answered
-turns), and turns what they report into events on the process's bus. Publishing only queues, so
-none of this waits on a subscriber or on Redis.
+turns, error frames), and turns what they report into events on the process's bus. Publishing
+only queues, so none of this waits on a subscriber or on Redis.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ class CallEvents:
         self._pipeline = pipeline
         self._record: CallTranscript | None = None
         self._numbers: dict[int, int] = {}  # id(utterance) -> its number in the call
+        self._fatal_reported = False
 
     def attach(self, record: CallTranscript, observer: CallObserver | None = None) -> None:
         """Listen to the call's record and, if given, to its observer's answered turns."""
@@ -56,6 +57,7 @@ class CallEvents:
         record.listener = self
         if observer is not None:
             observer.listeners.append(self.on_turn)
+            observer.error_listeners.append(self.on_error)
 
     def started(self) -> None:
         self.bus.publish(
@@ -63,8 +65,10 @@ class CallEvents:
         )
 
     def ended(self, outcome: str, error: str | None = None) -> None:
-        if error:
-            self.bus.publish(ErrorEvent(call_id=self.call_id, source="pipeline", message=error))
+        if error and not self._fatal_reported:
+            self.bus.publish(
+                ErrorEvent(call_id=self.call_id, source="pipeline", message=error, fatal=True)
+            )
         self.bus.publish(CallEnded(call_id=self.call_id, outcome=outcome, error=error))
 
     # -- TranscriptListener --------------------------------------------------------------------
@@ -121,7 +125,13 @@ class CallEvents:
             message = record.reason or "agent error"
             self.bus.publish(ErrorEvent(call_id=self.call_id, source="agents", message=message))
 
-    # -- the observer's turns ----------------------------------------------------------------
+    # -- the observer's turns and errors ------------------------------------------------------
+
+    def on_error(self, source: str, _category: str, message: str, fatal: bool) -> None:
+        self._fatal_reported = self._fatal_reported or fatal
+        self.bus.publish(
+            ErrorEvent(call_id=self.call_id, source=source, message=message, fatal=fatal)
+        )
 
     def on_turn(self, latency: TurnLatency) -> None:
         self.bus.publish(

@@ -13,7 +13,8 @@ them (and :func:`parse_event` reads them back):
 ``handoff``        the agent router handed the call ``from_agent`` → ``to_agent``
 ``tool_call``      an agent called a tool (``args`` redacted as the decision log redacts them)
 ``turn_latency``   a caller turn was answered: voice-to-voice and its stages, in milliseconds
-``error``          something failed (``source``: ``agents``, ``pipeline``; ``message``)
+``error``          something failed (``source``: ``stt``, ``llm``, ``tts``, ``agents``, ...;
+                   ``message``; ``fatal`` if it ended the call)
 =================  ================================================================================
 
 What was said is personal data: events live in memory and on the Redis channel only, are never
@@ -99,7 +100,10 @@ class TurnLatencyEvent(_Event):
 class ErrorEvent(_Event):
     type: Literal["error"] = "error"
     source: str
+    """What failed: ``stt``, ``llm``, ``tts``, ``vad``, ``transport``, ``pipeline``, ``agents``."""
     message: str
+    fatal: bool = False
+    """True when it ended the call."""
 
 
 CallEvent = Annotated[

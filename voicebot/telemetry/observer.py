@@ -76,11 +76,15 @@ from voicebot.telemetry.metrics import Metrics
 from voicebot.telemetry.trace import Attributes, CallTrace, Event
 from voicebot.telemetry.turns import Stage, Turn, TurnLatency
 
-__all__ = ["CallObserver", "TurnListener"]
+__all__ = ["CallObserver", "ErrorListener", "TurnListener"]
 
 #: Called with each answered turn's latency; may be async. Runs on the call's observer task
 #: (not the pipeline's), so a slow listener delays only later telemetry of that call.
 TurnListener = Callable[[TurnLatency], Awaitable[None] | None]
+
+#: Called with each error frame's source kind (``stt``, ``llm``, ``tts``, ``vad``,
+#: ``transport``, ``pipeline``), category, message and whether it was fatal; must be quick.
+ErrorListener = Callable[[str, str, str, bool], None]
 
 _DOWN = FrameDirection.DOWNSTREAM
 _Handler = Callable[[FramePushed], None]
@@ -119,6 +123,7 @@ class CallObserver(BaseObserver):
     Attributes:
         call_id: The call.
         listeners: Called with each answered turn's :class:`TurnLatency`, in order.
+        error_listeners: Called with each error frame (see :data:`ErrorListener`).
         turns: The call's answered turns so far.
     """
 
@@ -158,6 +163,7 @@ class CallObserver(BaseObserver):
         super().__init__(observe_every_push=False, **kwargs)
         self.call_id = call_id
         self.listeners: list[TurnListener] = list(listeners)
+        self.error_listeners: list[ErrorListener] = []
         self.turns: list[TurnLatency] = []
         self._metrics = metrics
         self._tracer = tracer
@@ -523,6 +529,11 @@ class CallObserver(BaseObserver):
             "voicebot.error.message": frame.error,
         }
         self._event("error", self._at(data), attributes)
+        for listener in list(self.error_listeners):
+            try:
+                listener(source, category, frame.error, bool(frame.fatal))
+            except Exception:
+                logger.exception(f"call {self.call_id}: error listener failed")
 
     def _on_start(self, data: FramePushed) -> None:
         self._call_trace(self._at(data))
