@@ -20,13 +20,15 @@ all calls; after each batch a changed partial hypothesis is pushed as an
 decoder's final hypothesis is pushed as a ``TranscriptionFrame`` (``finalized=True``) and the
 decoder goes back to the process's pool for the next utterance of any call.
 
-Decoders are lent per utterance, not per call, because one is not cheap: each holds its own
-acoustic model, 134 000-word dictionary, language model and search tables — ≈91 MB of RSS and
-≈0.3 s to create on a 2-core machine; pocketsphinx's Python API cannot share the acoustic model
-or dictionary between decoders. Memory therefore grows with the number of callers speaking at
-the same moment, not with the number of calls; idle decoders are kept for reuse. Each call keeps
-its own cepstral mean (the decoder's running estimate of the line's loudness and colour) and
-restores it on every decoder it borrows, so callers never adapt to each other's lines.
+Decoders are lent per utterance, not per call, because one is not cheap: each loads its own
+acoustic model and 134 000-word dictionary and builds its own search tables (≈0.35 s on a 2-core
+machine); pocketsphinx's Python API cannot share those between decoders. The language model it
+can share, so every decoder of the process uses one (≈30 MB). Measured while decoding: the first
+decoder ≈97 MB of RSS, each further one ≈63 MB. Memory therefore grows with the number of
+callers speaking at the same moment, not with the number of calls; idle decoders are kept for
+reuse. Each call keeps its own cepstral mean (the decoder's running estimate of the line's
+loudness and colour) and restores it on every decoder it borrows, so callers never adapt to
+each other's lines.
 
 pocketsphinx holds the GIL while it decodes. Audio is therefore fed in 20 ms slices (≈2–5 ms of
 CPU each) so the event loop gets the GIL back between them, and the process decodes on at most
@@ -104,6 +106,8 @@ SPHINX_TTFS_P99 = 0.5
 SLICE_MS = 20
 
 DECODERS_KEY = "sphinx-stt/decoders/{second_pass}"
+#: Name of the shared n-gram search in every decoder.
+LM_NAME = "en-us"
 POOL_KEY = "sphinx-stt/threads"
 
 
@@ -176,16 +180,25 @@ def sphinx_executor(resources: SharedResources) -> Executor:
 class DecoderPool:
     """The process's idle pocketsphinx decoders, lent out one per utterance.
 
-    :meth:`borrow` returns an idle decoder or creates one (≈0.3 s, ≈91 MB; it blocks, so call
-    it in a worker thread); :meth:`give_back` makes it idle again. Decoders are never dropped:
-    the pool grows to the most utterances ever decoded at once.
+    :meth:`borrow` returns an idle decoder or creates one (it blocks, so call it in a worker
+    thread); :meth:`give_back` makes it idle again. Decoders are never dropped: the pool grows
+    to the most utterances ever decoded at once.
+
+    All decoders share one language model (the packaged ``en-us.lm.bin``, ≈30 MB loaded with
+    the first decoder); each still loads its own acoustic model and dictionary and builds its
+    own search tables (≈63 MB while decoding, ≈0.35 s). Calls into any decoder are made under
+    :attr:`lock`, so the shared model is never used by two threads at once (pocketsphinx holds
+    the GIL while it decodes, so this costs no parallelism).
     """
 
     def __init__(self, *, second_pass: bool = False) -> None:
         """Prepare the pool; no decoder is created until :meth:`borrow` (or :meth:`fill`)."""
-        self._options: dict[str, Any] = {"loglevel": "FATAL", "fwdflat": second_pass}
+        self._options: dict[str, Any] = {"loglevel": "FATAL", "fwdflat": second_pass, "lm": None}
         self._idle: list[Decoder] = []
         self._lock = threading.Lock()
+        self._lm: Any = None
+        self.lock = threading.Lock()
+        """Held around every call into a decoder of this pool."""
         self.created = 0
         """Decoders created so far."""
         self.initial_cmn = ""
@@ -193,9 +206,15 @@ class DecoderPool:
 
     def _create(self) -> Decoder:
         _require_pocketsphinx()
-        from pocketsphinx import Decoder
+        from pocketsphinx import Config, Decoder, NGramModel
 
         decoder = Decoder(**self._options)
+        with self.lock:
+            if self._lm is None:
+                path = Config()["lm"]
+                self._lm = NGramModel(decoder.config, decoder.logmath, path)
+            decoder.add_lm(LM_NAME, self._lm)
+            decoder.activate_search(LM_NAME)
         with self._lock:
             self.created += 1
             if not self.initial_cmn:
@@ -266,8 +285,9 @@ class _Utterance:
             if self._finished:
                 return
             decoder = self._pool.borrow()
-            decoder.set_cmn(cmn or self._pool.initial_cmn)
-            decoder.start_utt()
+            with self._pool.lock:
+                decoder.set_cmn(cmn or self._pool.initial_cmn)
+                decoder.start_utt()
             self._decoder = decoder
             if self._rate != SPHINX_RATE:
                 self._resampler = soxr.ResampleStream(self._rate, SPHINX_RATE, 1, "int16")
@@ -277,7 +297,8 @@ class _Utterance:
             samples = np.frombuffer(pcm, dtype="<i2")
             pcm = self._resampler.resample_chunk(samples, last=last).astype("<i2").tobytes()
         for offset in range(0, len(pcm), self._slice):
-            decoder.process_raw(pcm[offset : offset + self._slice], False, False)
+            with self._pool.lock:
+                decoder.process_raw(pcm[offset : offset + self._slice], False, False)
 
     def feed(self, pcm: bytes) -> str:
         """Decode ``pcm``; returns the partial hypothesis so far ("" for none yet)."""
@@ -285,7 +306,8 @@ class _Utterance:
             if self._decoder is None:
                 return ""
             self._decode(self._decoder, pcm)
-            hyp = self._decoder.hyp()
+            with self._pool.lock:
+                hyp = self._decoder.hyp()
             return hyp.hypstr if hyp is not None else ""
 
     def finish(self) -> tuple[str, str]:
@@ -298,9 +320,10 @@ class _Utterance:
             try:
                 if self._resampler is not None:
                     self._decode(decoder, b"", last=True)
-                decoder.end_utt()
-                hyp = decoder.hyp()
-                return (hyp.hypstr if hyp is not None else ""), decoder.get_cmn(False)
+                with self._pool.lock:
+                    decoder.end_utt()
+                    hyp = decoder.hyp()
+                    return (hyp.hypstr if hyp is not None else ""), decoder.get_cmn(False)
             finally:
                 self._pool.give_back(decoder)
 
