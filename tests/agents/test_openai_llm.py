@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from pipecat.frames.frames import TTSTextFrame
+from pipecat.processors.aggregators.llm_response_universal import LLMUserAggregator
 
 from voicebot.agents.router import AgentRouter
 from voicebot.build.loader import PipelineSpec, load_pipeline
@@ -211,11 +212,17 @@ async def test_the_plain_llm_processor_runs_on_azure(pipeline_file: Any) -> None
             await call.say("What is my balance?")
             await call.wait(3)
             service = call.processor(SharedClientAzureLLMService)
+            context = call.processor(LLMUserAggregator).context
     assert call.replies == ["Your balance is 42 dollars."]
     (request,) = server.requests
     assert request.deployment == "my-gpt" and request.api_key_valid
+    # the prompt is the service's system instruction (pipecat 1.9+), not a context message
     assert request.messages[0] == {"role": "system", "content": "You are a bank assistant."}
-    assert service is not None
+    assert service.settings.system_instruction == "You are a bank assistant."
+    assert [m["role"] for m in context.get_messages() if isinstance(m, dict)] == [
+        "user",
+        "assistant",
+    ]
 
 
 def test_no_key_without_azure_identity_says_what_to_do() -> None:

@@ -1,14 +1,16 @@
 """Wraps an LLM service into a conversation: user turns in, replies out, context kept.
 
 ``llm`` in pipeline YAML becomes ``user aggregator → LLM service`` at its place and the assistant
-aggregator after the transport output, so the context records what was actually played.
+aggregator after the transport output, so the context records what was actually played. The
+system prompt is the LLM service's ``system_instruction`` (pipecat 1.9+), not a message in the
+context: the context holds only what was said.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pipecat.frames.frames import Frame, StartFrame, TTSSpeakFrame
+from pipecat.frames.frames import Frame, LLMUpdateSettingsFrame, StartFrame, TTSSpeakFrame
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import (
     LLMContextAggregatorPair,
@@ -57,19 +59,43 @@ def unset_llm_settings(model: str) -> LLMSettings:
 
 
 def conversation(llm: LLMService, params: ConversationParams) -> Built:
-    """``[user aggregator, llm]`` in place, the assistant aggregator in the tail."""
-    context = LLMContext(messages=[{"role": "system", "content": params.system_prompt}])
+    """``[user aggregator, system instruction, llm]`` in place, the assistant aggregator in the
+    tail."""
     timeout_secs = params.user_speech_timeout_ms / 1000
     strategies = UserTurnStrategies(
         stop=[SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=timeout_secs)]
     )
     pair = LLMContextAggregatorPair(
-        context, user_params=LLMUserAggregatorParams(user_turn_strategies=strategies)
+        LLMContext(), user_params=LLMUserAggregatorParams(user_turn_strategies=strategies)
     )
-    processors: list[FrameProcessor] = [pair.user(), llm]
+    processors: list[FrameProcessor] = [
+        pair.user(),
+        SystemInstruction(llm, params.system_prompt),
+        llm,
+    ]
     if params.greeting:
         processors.append(Greeter(params.greeting))
     return Built(processors, tail=[pair.assistant()])
+
+
+class SystemInstruction(FrameProcessor):
+    """Gives ``llm`` its system instruction right after the pipeline starts.
+
+    pipecat's way to change a service's settings is a settings frame (``llm.settings`` is for
+    reading); sent right behind the ``StartFrame``, it reaches the LLM before any user turn.
+    """
+
+    def __init__(self, llm: LLMService, text: str, **kwargs: Any) -> None:
+        super().__init__(enable_direct_mode=True, **kwargs)
+        self._llm = llm
+        self._text = text
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        await self.push_frame(frame, direction)
+        if isinstance(frame, StartFrame):
+            delta = LLMSettings(system_instruction=self._text)
+            await self.push_frame(LLMUpdateSettingsFrame(delta=delta, service=self._llm))
 
 
 class Greeter(FrameProcessor):
