@@ -14,6 +14,7 @@ one handoff per caller turn, so two agents can never pass a caller back and fort
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any, cast
 
 from pipecat.frames.frames import (
@@ -45,6 +46,9 @@ class PolicyLLMService(LLMService):
         # tool_call_id → (rule whose reply waits for the result, agent that made the call)
         self._pending: dict[str, tuple[Rule | None, str]] = {}
         self._calls = 0
+        # Tool call ids must be unique within a context, which a resumed call carries over
+        # from an earlier pipeline: each pipeline's ids get a prefix of their own.
+        self._id_prefix = uuid.uuid4().hex[:8]
         self._handoff_turn = -1
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
@@ -137,7 +141,7 @@ class PolicyLLMService(LLMService):
         self._calls += 1
         return FunctionCallFromLLM(
             function_name=name,
-            tool_call_id=f"policy_call_{self._calls}",
+            tool_call_id=f"policy_{self._id_prefix}_{self._calls}",
             arguments=arguments,
             context=context,
         )

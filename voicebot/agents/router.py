@@ -175,8 +175,6 @@ def agents(params: AgentsParams, context: BuildContext) -> Built:
     live = live_session(context.resources, context.call_id)
     messages: list[Any] = session.attach(live) if live is not None else []
     policy = PolicyLLMService(session)
-    # Tool call ids must be unique in a context: the policy's go on after the restored ones.
-    policy._calls = sum(len(m.get("tool_calls") or []) for m in messages if isinstance(m, dict))
     engine: LLMService[Any] | LLMSwitcher
     if llm is None:
         engine = policy
