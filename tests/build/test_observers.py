@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
-from pipecat.frames.frames import TextFrame
+from pipecat.frames.frames import Frame, TextFrame
 from pipecat.observers.base_observer import BaseObserver, FrameProcessed, FramePushed
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
-from voicebot.build.observers import ObserverGroup, grouped
+from voicebot.build.observers import (
+    ObserverGroup,
+    filter_worker_observer,
+    frames_wanted,
+    grouped,
+)
 
 
 class Recording(BaseObserver):
@@ -83,3 +90,64 @@ def test_grouped(count: int) -> None:
         assert result[0].observers == observers
     else:
         assert result == observers
+
+
+class Typed(Recording):
+    frame_types = (TextFrame,)
+
+
+def test_frames_wanted_is_the_union_or_none() -> None:
+    from pipecat.frames.frames import TranscriptionFrame
+
+    class Transcripts(Recording):
+        frame_types = (TranscriptionFrame, TextFrame)
+
+    assert frames_wanted([Typed(every=False), Transcripts(every=False)]) == (
+        TextFrame,
+        TranscriptionFrame,
+    )
+    assert frames_wanted([Typed(every=False), Recording(every=False)]) is None
+    group = ObserverGroup([Typed(every=False), Typed(every=True)])
+    assert group.frame_types == (TextFrame,)
+    assert frames_wanted([group]) == (TextFrame,)
+
+
+async def test_a_worker_passes_its_observers_only_the_frames_they_declare() -> None:
+    """A real pipeline: the filtered observer sees its text frames and none of the audio."""
+    from pipecat.frames.frames import EndFrame, InputAudioRawFrame
+    from pipecat.pipeline.pipeline import Pipeline
+    from pipecat.pipeline.worker import PipelineWorker
+    from pipecat.workers.runner import WorkerRunner
+
+    class Seen(BaseObserver):
+        frame_types = (TextFrame,)
+
+        def __init__(self) -> None:
+            super().__init__(observe_every_push=False)
+            self.kinds: list[str] = []
+
+        async def on_push_frame(self, data: FramePushed) -> None:
+            self.kinds.append(type(data.frame).__name__)
+
+    class Passing(FrameProcessor):
+        async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+            await super().process_frame(frame, direction)
+            await self.push_frame(frame, direction)
+
+    seen = Seen()
+    worker = PipelineWorker(
+        Pipeline([Passing(), Passing()]),
+        observers=[seen],
+        enable_rtvi=False,
+        enable_turn_tracking=False,
+    )
+    assert filter_worker_observer(worker)
+    audio = InputAudioRawFrame(audio=bytes(640), sample_rate=16000, num_channels=1)
+    await worker.queue_frames([audio, TextFrame("hello"), audio, TextFrame("bye"), EndFrame()])
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(worker)
+    await asyncio.wait_for(runner.run(), 10)
+    # Frames pass when any observer of the worker wants them (pipecat's idle observer wants the
+    # StartFrame); caller audio, which none wants, never reaches the observers' queue.
+    assert seen.kinds.count("TextFrame") == 2
+    assert "InputAudioRawFrame" not in seen.kinds

@@ -22,8 +22,11 @@ class TransferObserver(BaseObserver):
     told before ACS moves the call. A failed transfer is logged with its reason; the call goes on.
     """
 
+    frame_types = (TransferCallFrame,)
+    """The one frame it acts on (see :mod:`voicebot.build.observers`)."""
+
     def __init__(self, call_id: str, calls: Transferrer) -> None:
-        super().__init__()
+        super().__init__(observe_every_push=False)
         self._call_id = call_id
         self._calls = calls
         self.transferred_to: str | None = None

@@ -21,7 +21,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from voicebot.build.context import BuildContext, Built
 from voicebot.build.kinds import FrameKind
 from voicebot.build.loader import PipelineSpec
-from voicebot.build.observers import grouped
+from voicebot.build.observers import filter_worker_observer, grouped
 from voicebot.build.registry import as_built
 from voicebot.services.resources import SharedResources
 
@@ -156,8 +156,11 @@ def build_worker(
     ``call:`` section: with no speech from either side for ``idle_timeout_secs`` the call ends.
     A processor that can no longer work (e.g. a rejected API key) ends the call gracefully, so
     what is already queued (an apology) still plays.
+
+    The call's observers share one slot (:func:`~voicebot.build.observers.grouped`) and see only
+    the frames they declare (:func:`~voicebot.build.observers.filter_worker_observer`).
     """
-    return PipelineWorker(
+    worker = PipelineWorker(
         pipeline,
         params=PipelineParams(
             audio_in_sample_rate=spec.audio.in_rate,
@@ -175,3 +178,6 @@ def build_worker(
         observers=grouped(observers),
         name=f"call-{call_id}",
     )
+    if not filter_worker_observer(worker):
+        logger.debug("pipecat's worker observer has changed: observers see every frame")
+    return worker

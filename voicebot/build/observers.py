@@ -8,6 +8,11 @@ cost of observing is paid once whatever the number of observers.
 
 Members are called in order and awaited one after another, so a slow member delays the others
 (as it would delay itself in its own slot); one that raises is logged and the rest still run.
+
+Most frames interest no observer: a call's 50 caller-audio frames a second are looked at by none
+of voicebot's. An observer that declares the frames it handles (a ``frame_types`` tuple) lets
+:func:`filter_worker_observer` drop every other frame before pipecat queues it — no event object
+kept, no queue, no task woken. Observers that declare nothing see every frame, as in pipecat.
 """
 
 from __future__ import annotations
@@ -15,12 +20,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from loguru import logger
+from pipecat.frames.frames import Frame, StartFrame
 from pipecat.observers.base_observer import (
     BaseObserver,
     FrameProcessed,
     FramePushed,
     ProcessorSetUp,
 )
+from pipecat.pipeline.worker import IdleFrameObserver, PipelineWorker
+from pipecat.pipeline.worker_observer import WorkerObserver
+
+FrameTypes = tuple[type[Frame], ...]
 
 
 class ObserverGroup(BaseObserver):
@@ -33,6 +43,13 @@ class ObserverGroup(BaseObserver):
         self._every_push = every
         self._first_push = [o for o in observers if not o.observe_every_push]
         self._processed = [o for o in observers if _overrides(o, "on_process_frame")]
+        self.frame_types = frames_wanted(observers)
+        """The frames some member handles, or None when a member takes every frame."""
+
+    @property
+    def handles_processing(self) -> bool:
+        """Whether some member looks at frames being processed, not only pushed."""
+        return bool(self._processed)
 
     async def on_push_frame(self, data: FramePushed) -> None:
         for observer in self._every_push:
@@ -74,3 +91,62 @@ def _overrides(observer: BaseObserver, name: str) -> bool:
 def grouped(observers: Sequence[BaseObserver]) -> list[BaseObserver]:
     """``observers`` as one :class:`ObserverGroup` when there are several."""
     return [ObserverGroup(observers)] if len(observers) > 1 else list(observers)
+
+
+def frames_wanted(observers: Sequence[BaseObserver]) -> FrameTypes | None:
+    """The frame types any of ``observers`` handles; None if one of them takes every frame."""
+    wanted: list[type[Frame]] = []
+    for observer in observers:
+        if isinstance(observer, IdleFrameObserver):  # pipecat's own, for the idle timeout
+            types: FrameTypes | None = (StartFrame, *observer._idle_timeout_frames)
+        else:
+            types = getattr(observer, "frame_types", None)
+        if types is None:
+            return None
+        wanted.extend(t for t in types if t not in wanted)
+    return tuple(wanted)
+
+
+def _handles_processing(observer: BaseObserver) -> bool:
+    if isinstance(observer, ObserverGroup):
+        return observer.handles_processing
+    return _overrides(observer, "on_process_frame")
+
+
+class FilteringWorkerObserver(WorkerObserver):
+    """pipecat's per-call observer proxy, passing on only the frames its observers handle."""
+
+    def __init__(self, *, observers: list[BaseObserver], wanted: FrameTypes | None) -> None:
+        super().__init__(observers=observers)
+        self._wanted = wanted
+        self._wants: dict[type[Frame], bool] = {}
+        self._processing = any(_handles_processing(o) for o in observers)
+
+    def _wanted_frame(self, frame: Frame) -> bool:
+        kind = type(frame)
+        wants = self._wants.get(kind)
+        if wants is None:
+            wants = self._wants[kind] = self._wanted is None or issubclass(kind, self._wanted)
+        return wants
+
+    async def on_push_frame(self, data: FramePushed) -> None:
+        if self._wanted_frame(data.frame):
+            await super().on_push_frame(data)
+
+    async def on_process_frame(self, data: FrameProcessed) -> None:
+        if self._processing and self._wanted_frame(data.frame):
+            await super().on_process_frame(data)
+
+
+def filter_worker_observer(worker: PipelineWorker) -> bool:
+    """Give ``worker`` a :class:`FilteringWorkerObserver` in place of its observer proxy.
+
+    Call before the worker runs. Returns False (and changes nothing) if the worker's proxy is
+    not pipecat's plain ``WorkerObserver`` as of pipecat 1.14.
+    """
+    current = getattr(worker, "_observer", None)
+    if type(current) is not WorkerObserver:
+        return False
+    observers: list[BaseObserver] = list(getattr(current, "_observers", []))
+    worker._observer = FilteringWorkerObserver(observers=observers, wanted=frames_wanted(observers))
+    return True

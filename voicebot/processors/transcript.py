@@ -227,6 +227,16 @@ class TranscriptRecorder(BaseObserver):
     records.
     """
 
+    frame_types = (
+        TranscriptionFrame,
+        InterimTranscriptionFrame,
+        TTSStartedFrame,
+        TTSTextFrame,
+        TTSStoppedFrame,
+        AgentDecisionFrame,
+    )
+    """The frames it records; no other is passed to it (see :mod:`voicebot.build.observers`)."""
+
     def __init__(self, transcript: CallTranscript, **kwargs: Any) -> None:
         super().__init__(observe_every_push=False, **kwargs)
         self.transcript = transcript

@@ -224,6 +224,9 @@ class CallObserver(BaseObserver):
             (EndFrame, self._on_end),
             (CancelFrame, self._on_end),
         )
+        self.frame_types = tuple(kind for kind, handler in self._rules if handler is not None)
+        """The frames this observer handles (the rest are not passed to it; see
+        :mod:`voicebot.build.observers`)."""
 
     # -- the per-frame path ----------------------------------------------------------------
 
