@@ -112,6 +112,7 @@ CallEvent = Annotated[
 ]
 """Any live event; ``type`` says which."""
 
+
 class _AnyEvent(RootModel[CallEvent]):
     """Reads any event by its ``type``."""
 
