@@ -57,11 +57,13 @@ def test_is_silence() -> None:
     assert not is_silence(np.array([0] * 319 + [-SILENCE_PEAK - 1], dtype=np.int16).tobytes())
 
 
+@pytest.mark.parametrize("lead_ms", [1000, 3000])
+@pytest.mark.parametrize("name", ["hello", "bank_bill", "bank_pin"])
 async def test_silence_is_skipped_and_speech_found_at_the_same_frames(
-    resources: SharedResources,
+    resources: SharedResources, name: str, lead_ms: int
 ) -> None:
-    speech = read_wav(sample("bank_bill"), RATE)
-    pcm = silence(1000, RATE) + speech + silence(1000, RATE) + speech + silence(600, RATE)
+    speech = read_wav(sample(name), RATE)
+    pcm = silence(lead_ms, RATE) + speech + silence(3000, RATE) + speech + silence(600, RATE)
     silent_frames = sum(is_silence(f) for f in split_frames(pcm, RATE))
 
     scored = _analyzer(resources, skip=False)
@@ -69,14 +71,19 @@ async def test_silence_is_skipped_and_speech_found_at_the_same_frames(
     expected = await _transitions(scored, pcm)
     got = await _transitions(skipping, pcm)
 
-    assert [state for _, state in expected] == ["SPEAKING", "QUIET", "SPEAKING", "QUIET"]
     assert [state for _, state in got] == [state for _, state in expected]
-    for (i, _), (j, _) in zip(got, expected, strict=True):
-        assert abs(i - j) <= 2, (got, expected)  # within 40 ms
+    assert [state for _, state in expected][-1] == "QUIET"
+    for (i, state), (j, _) in zip(got, expected, strict=True):
+        assert abs(i - j) <= 3, (got, expected)  # within 60 ms
+        if state == "QUIET":
+            # The end of each utterance (what starts a turn) never later than when every
+            # frame is scored, repeats included: skipped silence must not leave the model
+            # where the last words left it (that found the end of a repeat 60 ms late).
+            assert i - j <= 1, (got, expected)
     assert scored.silent_frames_skipped == 0
-    # The leading second and most of the pauses are answered without the model; silence
+    # The leading second and most of the pause are answered without the model; silence
     # while the caller is speaking or stopping is still scored.
-    assert skipping.silent_frames_skipped >= 50 + 30
+    assert skipping.silent_frames_skipped >= 50 + 140
     assert skipping.silent_frames_skipped < silent_frames
 
 

@@ -99,6 +99,7 @@ class SharedSileroVADAnalyzer(SileroVADAnalyzer):
         self.skip_silence = skip_silence
         """Answer silence while quiet without scoring it (see :meth:`analyze_audio`)."""
         self.silent_frames_skipped = 0
+        self._skipping = False
         """Frames answered QUIET without scoring (for tests and benchmarks)."""
 
     async def analyze_audio(self, buffer: bytes) -> VADState:
@@ -110,12 +111,22 @@ class SharedSileroVADAnalyzer(SileroVADAnalyzer):
         dropped. Speech onset is scored from the first frame that is not silence.
         """
         if self.skip_silence and self._vad_state == VADState.QUIET and is_silence(buffer):
+            if not self._skipping:
+                # Silence left unscored would leave the model's recurrent state where the
+                # last words left it, and the next utterance would be heard differently (its
+                # end found up to 60 ms later). Start the next one from a fresh state instead,
+                # as pipecat's own periodic reset in quiet stretches does.
+                self._model.reset_states()
+                self._windows_since_reset = 0
+                self._low_confidence_windows = 0
+                self._skipping = True
             self._vad_buffer = b""
             self._volume_tracker.update(buffer, self.sample_rate)
             windows = len(buffer) / self._vad_frames_num_bytes
             self._prev_volume *= (1.0 - self._smoothing_factor) ** windows
             self.silent_frames_skipped += 1
             return VADState.QUIET
+        self._skipping = False
         return await super().analyze_audio(buffer)
 
     async def cleanup(self) -> None:
