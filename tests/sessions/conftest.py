@@ -17,55 +17,9 @@ import pytest
 import pytest_asyncio
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
-from session_support import (
-    RedisServer,
-    RedisServers,
-    StoreFactory,
-    answers_ping,
-    free_port,
-    no_redis,
-    redis_server_binary,
-)
+from session_support import StoreFactory, redis_servers, redis_url
 
 from voicebot.sessions.keys import env_pattern
-
-
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Redis every session test may use (keys under its own env)."""
-    from_env = os.environ.get("REDIS_URL")
-    if from_env:
-        yield from_env
-        return
-    if answers_ping("127.0.0.1", 6379):
-        yield "redis://127.0.0.1:6379"
-        return
-    binary = redis_server_binary()
-    if binary is None:
-        no_redis("no Redis at $REDIS_URL or 127.0.0.1:6379 and no redis-server binary")
-        return
-    port = free_port()
-    server = RedisServer(binary, port, tmp_path_factory.mktemp("redis"))
-    server.launch()
-    try:
-        server.wait_ready_blocking()
-        yield server.url
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def redis_servers(tmp_path: Path) -> Iterator[RedisServers]:
-    """Start throwaway ``redis-server`` processes (to kill, restart, or run as a cluster)."""
-    binary = redis_server_binary()
-    if binary is None:
-        no_redis("no redis-server binary to start a throwaway server with")
-    assert binary is not None
-    servers = RedisServers(binary, tmp_path)
-    try:
-        yield servers
-    finally:
-        servers.stop_all()
 
 
 @pytest.fixture
