@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, WebSocket
 from loguru import logger
+from pipecat.serializers.base_serializer import FrameSerializer
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
@@ -226,21 +227,7 @@ async def media_stream(websocket: WebSocket) -> None:
         # Counted under its kind like any later bad message. Were it valid DTMF, the digit is
         # lost: the pipeline does not run yet.
         await serializer.deserialize(first)
-    transport = FastAPIWebsocketTransport(
-        websocket,
-        FastAPIWebsocketParams(
-            serializer=serializer,
-            audio_in_enabled=True,
-            audio_out_enabled=True,
-            add_wav_header=False,
-            # The output resamples once to the call's rate and cuts 20 ms frames, as ACS
-            # expects; no trailing silence burst when the call ends.
-            audio_out_sample_rate=call_rate,
-            audio_out_10ms_chunks=2,
-            audio_out_end_silence_secs=0,
-            allowed_origins=[],
-        ),
-    )
+    transport = call_transport(websocket, serializer, call_rate)
     known = await state.calls.get(call_id)
     observed = telemetry.call(
         call_id,
@@ -291,6 +278,30 @@ async def media_stream(websocket: WebSocket) -> None:
         logger.info(f"call {call_id}: bad input {guard.summary()}")
     logger.info(f"call {call_id} finished: {outcome.value}")
     await state.calls.on_call_finished(call_id, outcome)
+
+
+def call_transport(
+    websocket: WebSocket, serializer: FrameSerializer, rate: int | None
+) -> FastAPIWebsocketTransport:
+    """The transport of one call on ``websocket``: PCM16 audio both ways through ``serializer``.
+
+    The output resamples once to the call's ``rate`` (None: the pipeline's) and cuts 20 ms
+    frames, as ACS (and the browser page) expect; no trailing silence burst when the call ends.
+    Origins are checked by the endpoint, not here.
+    """
+    return FastAPIWebsocketTransport(
+        websocket,
+        FastAPIWebsocketParams(
+            serializer=serializer,
+            audio_in_enabled=True,
+            audio_out_enabled=True,
+            add_wav_header=False,
+            audio_out_sample_rate=rate,
+            audio_out_10ms_chunks=2,
+            audio_out_end_silence_secs=0,
+            allowed_origins=[],
+        ),
+    )
 
 
 async def _receive_data(websocket: WebSocket) -> str | bytes:

@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, HTTPException, WebSocket
 from fastapi.responses import FileResponse
 from loguru import logger
-from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
+from pipecat.transports.websocket.fastapi import FastAPIWebsocketTransport
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.websockets import WebSocketDisconnect, WebSocketState
@@ -54,7 +54,12 @@ from voicebot.events.model import worker_name
 from voicebot.processors.transcript import TranscriptRecorder
 from voicebot.runner import CallOutcome, CallRunner
 from voicebot.server.app import AppState, state_of
-from voicebot.server.media import POLICY_VIOLATION, TRY_AGAIN_LATER, transcripts
+from voicebot.server.media import (
+    POLICY_VIOLATION,
+    TRY_AGAIN_LATER,
+    call_transport,
+    transcripts,
+)
 from voicebot.server.sessions import start_call_session
 from voicebot.sessions.keys import check_call_id
 from voicebot.sessions.model import CallDirection
@@ -287,19 +292,8 @@ async def conversation(websocket: WebSocket) -> None:
         ),
         on_control=control,
     )
-    transport = FastAPIWebsocketTransport(
-        cast(WebSocket, _CloseDeferred(websocket)),
-        FastAPIWebsocketParams(
-            serializer=serializer,
-            audio_in_enabled=True,
-            audio_out_enabled=True,
-            add_wav_header=False,
-            audio_out_sample_rate=rate,
-            audio_out_10ms_chunks=2,
-            audio_out_end_silence_secs=0,
-            allowed_origins=[],  # checked above: same host only
-        ),
-    )
+    # The Origin was checked above (same host only).
+    transport = call_transport(cast(WebSocket, _CloseDeferred(websocket)), serializer, rate)
     call = CallRunner(
         state.spec,
         call_id=call_id,
