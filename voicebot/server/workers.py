@@ -23,6 +23,7 @@ The parent forwards SIGTERM/SIGINT to every worker (each drains its calls, see
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import secrets
@@ -71,7 +72,10 @@ def run_worker(overrides: dict[str, Any], log_level: str | None, sock: socket.so
     settings = load_settings(**overrides)
     app = create_app(settings)
     config = uvicorn.Config(app, log_level="warning", ws="websockets-sansio")
-    DrainingServer(config, app.state.voicebot, settings.drain_timeout_secs).run(sockets=[sock])
+    server = DrainingServer(config, app.state.voicebot, settings.drain_timeout_secs)
+    # uvicorn re-raises the stop signal once it has shut down: the worker just ends.
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run(sockets=[sock])
 
 
 def _exit_with_parent() -> None:
@@ -110,12 +114,13 @@ class Supervisor:
         return process, time.monotonic()
 
     def _signal(self, sig: int, _frame: FrameType | None) -> None:
+        """Pass a stop signal on to every worker as SIGTERM (the first drains, a second stops)."""
         if self.stopping:
             logger.warning("stopping the workers now")
         self.stopping = True
         for process, _ in self.processes:
             if process.pid is not None and process.is_alive():
-                os.kill(process.pid, sig)
+                os.kill(process.pid, signal.SIGTERM)
 
     def run(self) -> int:
         """Run until stopped; 0 after a requested stop, 1 if a worker could not start."""
