@@ -21,3 +21,15 @@ def pipeline_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[
         return path
 
     return write
+
+
+@pytest.fixture(autouse=True)
+def _no_redis_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Servers under test keep sessions and events in memory unless a test points them at Redis.
+
+    A ``REDIS_URL`` exported in a developer's shell would otherwise give every in-process server
+    the same Redis, and tests that reuse a call id would resume each other's calls. The Redis
+    fixtures (``redis_url``) still read it: they are set up before this runs.
+    """
+    for name in ("REDIS_URL", "VOICEBOT_REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
