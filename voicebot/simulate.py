@@ -554,7 +554,22 @@ def print_report(report: CallReport) -> None:
             voice = turn.voice
     for handoff in report.handoffs:
         print(f"handoff (turn {handoff['turn']}): {handoff['from']} → {handoff['to']}")
-    print(f"call {report.call_id} ended: {report.outcome or 'unknown (remote server)'}")
+    print(f"call {report.call_id} ended: {_ending(report.outcome)}")
+
+
+#: How the text output explains a call's outcome (the simulated caller hangs up after its turns).
+_ENDINGS = {
+    "cancelled": "cancelled (the caller hung up)",
+    "completed": "completed (the pipeline ended normally)",
+    "idle": "idle (nobody spoke for the idle timeout)",
+    "max_duration": "max_duration (the call reached its maximum duration)",
+}
+
+
+def _ending(outcome: str | None) -> str:
+    if outcome is None:
+        return "unknown (remote server)"
+    return _ENDINGS.get(outcome, outcome)
 
 
 def main(args: argparse.Namespace) -> int:
