@@ -178,7 +178,9 @@ async def test_the_monitor_sees_no_caller_audio(pipeline_file: WritePipeline) ->
     # Right after the processor that drops caller audio: no 20 ms frames reach it.
     index = names.index(monitor.name)
     assert names[index - 1] == "caller-audio-stop"
+    # Caller audio went in, and none of it came out the end of the pipeline.
     assert any(isinstance(r.frame, InputAudioRawFrame) for r in call.frames)
+    assert not any(isinstance(r.frame, InputAudioRawFrame) for r in call.output)
 
 
 async def test_no_reprompt_without_the_setting(pipeline_file: WritePipeline) -> None:

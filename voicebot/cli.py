@@ -55,12 +55,11 @@ def cmd_agents(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the server (uvicorn) until interrupted."""
-    import uvicorn
-
     from voicebot.acs.control import CallControlSettingsError
     from voicebot.build.problems import ConfigError
     from voicebot.config import load_settings
     from voicebot.server import create_app
+    from voicebot.server.workers import serve_workers, share_signing_secret
 
     overrides = {
         k: v
@@ -68,7 +67,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if v is not None
     }
     settings = load_settings(**overrides)
-    try:
+    workers = args.workers or settings.workers
+    if workers > 1:
+        share_signing_secret()
+        settings = load_settings(**overrides)
+    try:  # checks the pipeline and settings now, also when the workers build their own app
         app = create_app(settings)
     except ConfigError as exc:
         print(f"voicebot serve: {settings.pipeline}: {exc}", file=sys.stderr)
@@ -76,20 +79,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except CallControlSettingsError as exc:
         print(f"voicebot serve: {exc}", file=sys.stderr)
         return 1
-    workers = args.workers or settings.workers
     if workers > 1:
-        from voicebot.server.workers import serve_workers
-
         return serve_workers(overrides, args.log_level, workers, settings.host, settings.port)
 
-    from voicebot.server.app import AppState
-    from voicebot.server.drain import DrainingServer
+    from voicebot.server.drain import serve
 
-    config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level="warning", ws="websockets-sansio"
-    )
-    state: AppState = app.state.voicebot
-    DrainingServer(config, state, settings.drain_timeout_secs).run()
+    serve(app)
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from pipecat.frames.frames import Frame, TextFrame
@@ -151,3 +152,19 @@ async def test_a_worker_passes_its_observers_only_the_frames_they_declare() -> N
     # StartFrame); caller audio, which none wants, never reaches the observers' queue.
     assert seen.kinds.count("TextFrame") == 2
     assert "InputAudioRawFrame" not in seen.kinds
+
+
+async def test_members_are_set_up_with_the_groups_task_manager() -> None:
+    from pipecat.utils.asyncio.task_manager import TaskManager
+
+    class SetUp(Recording):
+        manager: object = None
+
+        async def setup(self, task_manager: Any) -> None:
+            await super().setup(task_manager)
+            self.manager = task_manager
+
+    a, b = SetUp(every=False), SetUp(every=True)
+    manager = TaskManager()
+    await ObserverGroup([a, b]).setup(manager)
+    assert a.manager is manager and b.manager is manager

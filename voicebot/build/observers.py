@@ -29,6 +29,7 @@ from pipecat.observers.base_observer import (
 )
 from pipecat.pipeline.worker import IdleFrameObserver, PipelineWorker
 from pipecat.pipeline.worker_observer import WorkerObserver
+from pipecat.utils.asyncio.task_manager import BaseTaskManager
 
 FrameTypes = tuple[type[Frame], ...]
 
@@ -69,6 +70,11 @@ class ObserverGroup(BaseObserver):
     async def on_pipeline_started(self) -> None:
         for observer in self.observers:
             await self._call(observer, observer.on_pipeline_started)
+
+    async def setup(self, task_manager: BaseTaskManager) -> None:
+        await super().setup(task_manager)
+        for observer in self.observers:  # as pipecat's proxy would have, one slot each
+            await observer.setup(task_manager)
 
     async def cleanup(self) -> None:
         await super().cleanup()

@@ -21,6 +21,7 @@ import time
 from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 from loguru import logger
 
 from voicebot.server.app import AppState
@@ -79,3 +80,17 @@ class DrainingServer(uvicorn.Server):
         else:
             logger.info("drained: no calls left, shutting down")
         self.should_exit = True
+
+
+def serve(app: FastAPI, sockets: list[socket.socket] | None = None) -> None:
+    """Run ``app`` (made by ``create_app``) with uvicorn until stopped, draining on SIGTERM.
+
+    It listens on the settings' host and port, or accepts from ``sockets`` (a worker of
+    ``voicebot serve --workers``).
+    """
+    state: AppState = app.state.voicebot
+    settings = state.settings
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level="warning", ws="websockets-sansio"
+    )
+    DrainingServer(config, state, settings.drain_timeout_secs).run(sockets=sockets)

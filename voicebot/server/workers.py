@@ -57,12 +57,10 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 def run_worker(overrides: dict[str, Any], log_level: str | None, sock: socket.socket) -> None:
     """One worker process: build the app and serve it on ``sock`` until told to stop."""
-    import uvicorn
-
     from voicebot.config import load_settings
     from voicebot.logs import configure_logging
     from voicebot.server import create_app
-    from voicebot.server.drain import DrainingServer
+    from voicebot.server.drain import serve
 
     # Out of the terminal's process group: Ctrl-C reaches the parent only, which passes it on
     # once (a second signal would skip the drain).
@@ -71,11 +69,9 @@ def run_worker(overrides: dict[str, Any], log_level: str | None, sock: socket.so
     configure_logging(log_level)
     settings = load_settings(**overrides)
     app = create_app(settings)
-    config = uvicorn.Config(app, log_level="warning", ws="websockets-sansio")
-    server = DrainingServer(config, app.state.voicebot, settings.drain_timeout_secs)
     # uvicorn re-raises the stop signal once it has shut down: the worker just ends.
     with contextlib.suppress(KeyboardInterrupt):
-        server.run(sockets=[sock])
+        serve(app, sockets=[sock])
 
 
 def _exit_with_parent() -> None:
@@ -152,14 +148,21 @@ class Supervisor:
         return code
 
 
+def share_signing_secret() -> None:
+    """Make a media-URL signing key for this run if none is set: every worker must accept the
+    URLs the others sign, and the workers inherit the environment."""
+    if not os.environ.get("VOICEBOT_SIGNING_SECRET"):
+        os.environ["VOICEBOT_SIGNING_SECRET"] = secrets.token_urlsafe(32)
+        logger.info("VOICEBOT_SIGNING_SECRET is unset: the workers share a key made for this run")
+
+
 def serve_workers(
     overrides: dict[str, Any], log_level: str | None, workers: int, host: str, port: int
 ) -> int:
-    """Serve with ``workers`` processes on ``host:port`` (see the module docstring)."""
-    if not os.environ.get("VOICEBOT_SIGNING_SECRET"):
-        # Every worker must accept the URLs the others sign; the workers inherit this.
-        os.environ["VOICEBOT_SIGNING_SECRET"] = secrets.token_urlsafe(32)
-        logger.info("VOICEBOT_SIGNING_SECRET is unset: the workers share a key made for this run")
+    """Serve with ``workers`` processes on ``host:port`` (see the module docstring).
+
+    Call :func:`share_signing_secret` first, before settings are read.
+    """
     sock = bind_socket(host, port)
     try:
         return Supervisor(overrides, log_level, workers, sock).run()
