@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -8,6 +9,10 @@ import pytest
 from voicebot.build.loader import TRANSPORTS_DIR_ENV
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The real-Redis fixtures (``redis_url``, ``redis_servers``) for every test that needs Redis.
+sys.path.insert(0, str(REPO / "tests" / "sessions"))
+from session_support import redis_servers, redis_url  # noqa: E402
 
 
 @pytest.fixture

@@ -1,16 +1,10 @@
-"""Real Redis for the event bus tests (the session tests' helpers; nothing here mocks Redis)."""
+"""Event bus tests: real Redis (``redis_url``, ``redis_servers`` from tests/conftest.py)."""
 
 from __future__ import annotations
 
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sessions"))
-
-from session_support import redis_servers, redis_url
 
 
 @pytest.fixture

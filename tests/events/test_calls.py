@@ -120,3 +120,15 @@ async def test_error_frames_seen_by_the_observer_become_error_events() -> None:
         {"type": "error", "source": "pipeline", "message": "LLM failed", "fatal": True},
         {"type": "call_ended", "outcome": "error", "error": "LLM failed"},
     ]  # fmt: skip
+
+
+async def test_an_llm_failure_is_one_error_event_and_a_refused_handoff_is_another() -> None:
+    bus = EventBus(worker="w1")
+    events = CallEvents(bus, "c1")
+    # The router notes an LLM failure as a decision; its ErrorFrame is what gets published
+    # (test above), so the decision adds no second event.
+    events.on_decision(DecisionRecord("error", "auth", 1, 0.0, engine="llm", reason="429"))
+    events.on_decision(DecisionRecord("error", "auth", 1, 0.0, reason="cannot hand over"))
+    assert published(bus) == [
+        {"type": "error", "source": "agents", "message": "cannot hand over", "fatal": False}
+    ]

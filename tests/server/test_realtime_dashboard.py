@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -127,7 +125,9 @@ async def test_the_events_of_a_simulated_call_reach_the_dashboard(serve: Any) ->
             assert client["worker"] == hello["worker"] == ready["checks"]["dashboard"]["worker"]
             assert ready["checks"]["events"]["status"] == "ok"
 
-            async with ACSCallSimulator(server.media_url("call-1"), call_connection_id="call-1") as sim:
+            async with ACSCallSimulator(
+                server.media_url("call-1"), call_connection_id="call-1"
+            ) as sim:
                 await sim.silence(1500)  # the greeting
                 await sim.play([Turn(sample("balance"), pause_after_ms=3000)])
             events = await events_until_end(ws, "call-1")
@@ -165,35 +165,19 @@ async def test_a_dashboard_watching_one_call_sees_only_that_call(
             assert (await receive(ws))["subscription"] == "b"
             await receive(ws)  # the snapshot
             for call_id in ("a", "b"):
-                async with ACSCallSimulator(server.media_url(call_id), call_connection_id=call_id) as sim:
+                async with ACSCallSimulator(
+                    server.media_url(call_id), call_connection_id=call_id
+                ) as sim:
                     await sim.silence(300)
             events = await events_until_end(ws, "b")
     assert {e["call_id"] for e in events} == {"b"}
 
 
-def redis_url_or_skip() -> str:
-    """``$REDIS_URL`` or the Redis on 127.0.0.1:6379; skipped without one (failed in CI)."""
-    url = os.environ.get("REDIS_URL")
-    if url:
-        return url
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5) as sock:
-            sock.sendall(b"PING\r\n")
-            if sock.recv(16).startswith(b"+PONG"):
-                return "redis://127.0.0.1:6379"
-    except OSError:
-        pass
-    message = "no Redis at $REDIS_URL or 127.0.0.1:6379"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest.mark.slow
 async def test_a_call_on_one_worker_reaches_a_dashboard_on_another_through_redis(
-    pipeline_file: Callable[[str, str], Path], monkeypatch: pytest.MonkeyPatch
+    pipeline_file: Callable[[str, str], Path], monkeypatch: pytest.MonkeyPatch, redis_url: str
 ) -> None:
-    url = redis_url_or_skip()
+    url = redis_url
     env = f"test-{uuid.uuid4().hex[:12]}"
     monkeypatch.setenv("REDIS_URL", url)
     monkeypatch.setenv("VOICEBOT_SESSION_ENV", env)  # the test's keys and events channel
@@ -216,7 +200,9 @@ async def test_a_call_on_one_worker_reaches_a_dashboard_on_another_through_redis
                     await asyncio.sleep(0.05)
             events_check = ready["checks"]["events"]
             assert events_check["backend"] == "redis" and events_check["relay"]["status"] == "ok"
-            async with ACSCallSimulator(calls.media_url("call-1"), call_connection_id="call-1") as sim:
+            async with ACSCallSimulator(
+                calls.media_url("call-1"), call_connection_id="call-1"
+            ) as sim:
                 await sim.silence(1500)
                 await sim.play([Turn(sample("balance"), pause_after_ms=3000)])
             events = await events_until_end(ws, "call-1")

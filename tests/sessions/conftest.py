@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
-from session_support import StoreFactory, redis_servers, redis_url
+from session_support import StoreFactory
 
 from voicebot.sessions.keys import env_pattern
 

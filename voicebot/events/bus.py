@@ -44,6 +44,7 @@ from voicebot.events.model import (
     event_from,
     worker_name,
 )
+from voicebot.sessions.redis_store import split_cluster_url
 
 #: Events waiting for the publisher task, per process.
 QUEUE_SIZE = 1000
@@ -345,20 +346,11 @@ class RedisRelay:
         self._tasks: list[asyncio.Task[None]] = []
         self._client: Redis | None = None
 
-    @staticmethod
-    def _plain_url(url: str) -> str:
-        """``url`` for one node: a cluster URL's scheme and flag removed."""
-        url = url.replace("redis+cluster://", "redis://", 1)
-        url = url.replace("rediss+cluster://", "rediss://", 1)
-        for flag in ("?cluster=true&", "&cluster=true", "?cluster=true"):
-            url = url.replace(flag, "?" if flag.endswith("&") else "")
-        return url
-
     async def start(self, deliver: Deliver, origin: str) -> None:
         self._deliver = deliver
         self._origin = origin
         self._client = Redis.from_url(
-            self._plain_url(self._url),
+            split_cluster_url(self._url)[0],  # pub/sub goes to one node
             socket_connect_timeout=self._op_timeout,
             socket_timeout=self._op_timeout,
         )

@@ -121,7 +121,9 @@ class CallEvents:
                     turn=record.turn,
                 )
             )
-        elif record.kind == "error":
+        elif record.kind == "error" and record.engine != "llm":
+            # An LLM failure is published once, from its ErrorFrame (on_error); the decision
+            # only notes it. Agent errors with no frame (a refused handoff) are published here.
             message = record.reason or "agent error"
             self.bus.publish(ErrorEvent(call_id=self.call_id, source="agents", message=message))
 

@@ -208,7 +208,7 @@ async def dashboard(websocket: WebSocket) -> None:
                     sender = asyncio.create_task(
                         _forward(websocket, subscription), name="dashboard-send"
                     )
-        except (WebSocketDisconnect, ValueError):
+        except (WebSocketDisconnect, ValueError, KeyError):  # KeyError: a binary message
             pass
         finally:
             sender.cancel()
@@ -311,22 +311,23 @@ async def conversation(websocket: WebSocket) -> None:
     # The conversation's stored state if this session was here before (a reconnection, on
     # this worker or another): the agents carry on from it without greeting again.
     live = await start_call_session(state, call_id, direction=CallDirection.BROWSER)
-    await websocket.send_text(
-        json.dumps(
-            {
-                "type": "session",
-                "session_id": call_id,
-                "sample_rate": rate,
-                "resumed": live.resumed,
-            }
+    forwarder: asyncio.Task[None] | None = None
+    try:  # from here on, whatever happens (the page may leave at once), all of it is closed
+        await websocket.send_text(
+            json.dumps(
+                {
+                    "type": "session",
+                    "session_id": call_id,
+                    "sample_rate": rate,
+                    "resumed": live.resumed,
+                }
+            )
         )
-    )
-    forwarder = asyncio.create_task(
-        _forward_conversation(websocket, subscription), name=f"conversation-events-{call_id}"
-    )
-    events.started()
-    logger.info(f"browser conversation {call_id} connected at {rate} Hz")
-    try:
+        forwarder = asyncio.create_task(
+            _forward_conversation(websocket, subscription), name=f"conversation-events-{call_id}"
+        )
+        events.started()
+        logger.info(f"browser conversation {call_id} connected at {rate} Hz")
         outcome = await call.run()
     finally:
         result = call.outcome or CallOutcome.COMPLETED
@@ -334,11 +335,12 @@ async def conversation(websocket: WebSocket) -> None:
         observed.finish(call.outcome, call.error)
         events.ended(result.value, call.error)
         await live.close()  # the last state, bounded; the page may reconnect anywhere
-        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-            await asyncio.wait_for(asyncio.shield(forwarder), 1.0)  # until call_ended is sent
-        forwarder.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await forwarder
+        if forwarder is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(forwarder), 1.0)  # call_ended is sent
+            forwarder.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await forwarder
         subscription.close()
     if serializer.bad_input:
         logger.info(f"browser conversation {call_id}: bad input {dict(serializer.bad_input)}")
