@@ -49,12 +49,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import importlib.util
-import os
 import threading
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -79,7 +77,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from voicebot.build.context import BuildContext
 from voicebot.build.registry import provider
 from voicebot.services import kinds
-from voicebot.services.local import INSTALL_HINT, LocalSpeechNotInstalledError
+from voicebot.services.local import _executor, _require
 from voicebot.services.resources import SharedResources
 
 if TYPE_CHECKING:
@@ -152,29 +150,12 @@ class SphinxSTTParams(BaseModel):
 
 
 def _require_pocketsphinx() -> None:
-    if importlib.util.find_spec("pocketsphinx") is None:
-        raise LocalSpeechNotInstalledError(f"{INSTALL_HINT} (missing: pocketsphinx)")
-
-
-def _workers() -> int:
-    raw = os.environ.get("VOICEBOT_SPHINX_WORKERS", "")
-    try:
-        value = int(raw) if raw else 1
-    except ValueError:
-        raise ValueError(f"VOICEBOT_SPHINX_WORKERS must be a whole number, got {raw!r}") from None
-    if value < 1:
-        raise ValueError(f"VOICEBOT_SPHINX_WORKERS must be at least 1, got {value}")
-    return value
+    _require("pocketsphinx")
 
 
 def sphinx_executor(resources: SharedResources) -> Executor:
     """Threads that decode for every call of the process (``VOICEBOT_SPHINX_WORKERS``)."""
-    workers = _workers()
-    return resources.get(
-        POOL_KEY,
-        lambda: ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sphinx-stt"),
-        close=lambda pool: pool.shutdown(wait=False, cancel_futures=True),
-    )
+    return _executor(resources, POOL_KEY, "VOICEBOT_SPHINX_WORKERS", "sphinx-stt")
 
 
 class DecoderPool:
@@ -387,6 +368,7 @@ class SphinxSTTService(STTService):
         self._preroll_bytes = 0
         self._pending = bytearray()
         self._batch_bytes = 0
+        self._preroll_limit = 0
         self._items: deque[bytes | _Mark] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -402,6 +384,7 @@ class SphinxSTTService(STTService):
         """Start, and the call's decoding task."""
         await super().start(frame)
         self._batch_bytes = self.sample_rate * self._params.batch_ms // 1000 * 2
+        self._preroll_limit = self.sample_rate * self._params.preroll_ms // 1000 * 2
         if self._task is None:
             self._task = self.create_task(self._decode_utterances(), name="sphinx-decode")
 
@@ -455,8 +438,9 @@ class SphinxSTTService(STTService):
         else:
             self._preroll.append(audio)
             self._preroll_bytes += len(audio)
-            limit = self.sample_rate * self._params.preroll_ms // 1000 * 2
-            while self._preroll and self._preroll_bytes - len(self._preroll[0]) >= limit:
+            while (
+                self._preroll and self._preroll_bytes - len(self._preroll[0]) >= self._preroll_limit
+            ):
                 self._preroll_bytes -= len(self._preroll.popleft())
         yield None
 
