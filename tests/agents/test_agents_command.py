@@ -141,3 +141,21 @@ def test_store_and_pipeline_exclude_each_other(capsys: pytest.CaptureFixture[str
         main(["agents", "--store", "agents", "--pipeline", "pipelines/acs_phone.yaml"])
     assert exited.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_a_local_part_with_only_a_length_still_derives_the_pitch_from_the_name(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    (tmp_path / "store.yaml").write_text("entry: solo\n")
+    (tmp_path / "solo.yaml").write_text(
+        "name: solo\nengine: policy\n"
+        "voice: {name: en-US-AvaMultilingualNeural, local: {length_scale: 1.1}}\n"
+    )
+    (solo,) = listed(capsys, "--store", str(tmp_path))["agents"]
+    derived = resolve_voice("en-US-AvaMultilingualNeural", length_scale=1.1)
+    assert solo["voice"]["local"] == {
+        "voice": "joe",
+        "pitch": derived.pitch,
+        "length_scale": 1.1,
+        "derived": True,
+    }

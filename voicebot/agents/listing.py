@@ -45,7 +45,7 @@ def describe(
         tts: The pipeline's local TTS params (``voice``, ``length_scale``), if its TTS is local;
             they are the defaults of the agents' local voices.
     """
-    from voicebot.services.local import LocalTTSParams, resolve_voice
+    from voicebot.services.local import VOICES, LocalTTSParams, resolve_voice
 
     local_defaults = LocalTTSParams.model_validate(tts or {})
     agents = []
@@ -53,13 +53,8 @@ def describe(
         spec = agent.spec
         voice: dict[str, Any] | None = None
         if spec.voice is not None:
-            local = spec.voice.local
-            resolved = resolve_voice(
-                (local.voice if local else None) or spec.voice.name,
-                local.pitch if local else None,
-                local.length_scale if local else None,
-                default=local_defaults,
-            )
+            requested, pitch, length_scale = spec.voice.local_request()
+            resolved = resolve_voice(requested, pitch, length_scale, default=local_defaults)
             voice = {
                 "name": spec.voice.name,
                 "style": spec.voice.style,
@@ -68,7 +63,7 @@ def describe(
                     "voice": resolved.voice,
                     "pitch": resolved.pitch,
                     "length_scale": resolved.length_scale,
-                    "derived": local is None,
+                    "derived": pitch is None and requested not in VOICES,
                 },
             }
         engine: str = spec.engine

@@ -74,7 +74,7 @@ from voicebot.agents.decisions import (
 )
 from voicebot.agents.engine import PolicyLLMService
 from voicebot.agents.policy import render, template_context
-from voicebot.agents.schema import HUMAN, LocalVoiceSpec, VoiceSpec
+from voicebot.agents.schema import HUMAN, VoiceSpec
 from voicebot.agents.session import AgentSession
 from voicebot.agents.store import (
     END_CALL,
@@ -511,10 +511,8 @@ class AgentRouter(FrameProcessor):
         decision log names it."""
         tts = _find_tts(self.pipeline_worker.pipeline)
         if isinstance(tts, LocalTTSService):
-            local = voice.local or LocalVoiceSpec()
-            settings = LocalTTSSettings(
-                voice=local.voice or voice.name, pitch=local.pitch, length_scale=local.length_scale
-            )
+            name, pitch, length_scale = voice.local_request()
+            settings = LocalTTSSettings(voice=name, pitch=pitch, length_scale=length_scale)
             return settings, f"{voice.name} (local: {tts.resolve(settings)})"
         values = {"voice": voice.name, "style": voice.style, "rate": voice.rate}
         given = {k: v for k, v in values.items() if v is not None}

@@ -32,9 +32,10 @@ class _Strict(BaseModel):
 class LocalVoiceSpec(_Strict):
     """How the agent sounds on the offline TTS (``tts: {provider: local}``, piper).
 
-    Unset fields: ``voice`` is the pipeline's packaged voice, ``pitch`` that voice's own (1.0),
-    ``length_scale`` the pipeline's. Without a ``local:`` part at all, the local TTS derives a
-    pitch from the voice ``name`` (see :func:`voicebot.services.local.resolve_voice`).
+    Unset fields: ``length_scale`` is the pipeline's; with ``voice`` set, ``pitch`` is that
+    voice's own (1.0); with neither ``voice`` nor ``pitch`` (or no ``local:`` part at all), the
+    local TTS derives a pitch from the voice ``name`` (see
+    :func:`voicebot.services.local.resolve_voice`).
     """
 
     voice: str | None = None
@@ -70,6 +71,14 @@ class VoiceSpec(_Strict):
     @classmethod
     def _rate_as_text(cls, value: object) -> object:
         return str(value) if isinstance(value, int | float) else value
+
+    def local_request(self) -> tuple[str, float | None, float | None]:
+        """What the local TTS is asked for: ``(voice, pitch, length_scale)``, the voice being
+        ``local.voice`` or else :attr:`name`; what is None is filled in by
+        :func:`voicebot.services.local.resolve_voice` (a pitch derived from a name that is not a
+        packaged voice)."""
+        local = self.local or LocalVoiceSpec()
+        return local.voice or self.name, local.pitch, local.length_scale
 
 
 class ModelSpec(_Strict):
