@@ -171,7 +171,8 @@ async def test_no_reprompt_while_the_bot_speaks(pipeline_file: WritePipeline) ->
 
 async def test_the_monitor_sees_no_caller_audio(pipeline_file: WritePipeline) -> None:
     spec = load_pipeline(pipeline(pipeline_file), registry=registry)
-    async with CallHarness(spec) as call:
+    # Through the queues: with the caller-audio lane, audio would not enter them at all.
+    async with CallHarness(spec, caller_audio_lane=False) as call:
         await call.silence(200)
         monitor = call.processor(InactivityMonitor)
         names = [p.name for p in flatten(call.call.worker.pipeline)]

@@ -39,7 +39,7 @@ def test_calls_get_fresh_processors_but_share_the_vad_model(
     assert sessions == {id(resources.get(MODEL_KEY, lambda: None).session)}
     # each call keeps its own recurrent state
     assert len({id(a._model._state) for a in analyzers}) == 3
-    assert len({id(a._executor) for a in analyzers}) == 1
+    assert len({id(a._batcher) for a in analyzers}) == 1
 
 
 async def test_shared_resources_close_once() -> None:

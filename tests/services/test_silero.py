@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 from pipecat.audio.vad.vad_analyzer import VADParams, VADState
@@ -11,8 +13,7 @@ from voicebot.services.silero import (
     SILENCE_PEAK,
     SharedSileroVADAnalyzer,
     is_silence,
-    shared_model,
-    shared_pool,
+    shared_batcher,
 )
 from voicebot.testing.wav import read_wav, sample, silence, split_frames
 
@@ -26,10 +27,7 @@ def resources() -> SharedResources:
 
 def _analyzer(resources: SharedResources, *, skip: bool) -> SharedSileroVADAnalyzer:
     analyzer = SharedSileroVADAnalyzer(
-        shared_model(resources),
-        shared_pool(resources),
-        params=VADParams(stop_secs=0.2),
-        skip_silence=skip,
+        shared_batcher(resources), params=VADParams(stop_secs=0.2), skip_silence=skip
     )
     analyzer.set_sample_rate(RATE)
     return analyzer
@@ -101,3 +99,49 @@ async def test_silence_while_speaking_is_still_scored(resources: SharedResources
     assert states[-1] == VADState.QUIET
     first_quiet = states.index(VADState.QUIET)
     assert analyzer.silent_frames_skipped == skipped + len(states) - first_quiet - 1
+
+
+async def test_batched_scores_match_the_model_scoring_each_call_alone(
+    resources: SharedResources,
+) -> None:
+    """Windows of several calls scored together give each call what the model alone gives."""
+    from pipecat.audio.vad.silero import SileroOnnxModel
+
+    batcher = shared_batcher(resources)
+    names = ["hello", "bank_bill", "bank_pin", "help_bill"]
+    streams = [read_wav(sample(name), RATE) for name in names]
+    windows = min(len(s) for s in streams) // 1024
+    alone: list[list[float]] = []
+    for pcm in streams:
+        model: SileroOnnxModel = batcher.call_model()
+        audio = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
+        alone.append(
+            [model(audio[i * 512 : (i + 1) * 512], RATE).item() for i in range(windows)]
+        )
+
+    models = [batcher.call_model() for _ in streams]
+    before = batcher.batches
+
+    async def call(k: int) -> list[float]:
+        pcm = streams[k]
+        return [
+            await batcher.score(models[k], pcm[i * 1024 : (i + 1) * 1024], RATE)
+            for i in range(windows)
+        ]
+
+    together = await asyncio.gather(*(call(k) for k in range(len(streams))))
+    for got, expected in zip(together, alone, strict=True):
+        assert np.allclose(got, expected, atol=1e-4), (got[:5], expected[:5])
+    assert max(max(s) for s in together) > 0.9  # there is speech in there
+    # the four calls' windows went in shared batches, not one run each
+    assert batcher.batches - before <= windows + 1
+
+
+async def test_a_cancelled_window_does_not_stop_the_others(resources: SharedResources) -> None:
+    batcher = shared_batcher(resources)
+    pcm = read_wav(sample("hello"), RATE)[16000:17024]
+    first = asyncio.ensure_future(batcher.score(batcher.call_model(), pcm, RATE))
+    second = asyncio.ensure_future(batcher.score(batcher.call_model(), pcm, RATE))
+    first.cancel()
+    assert 0.0 <= await asyncio.wait_for(second, 5) <= 1.0
+    assert first.cancelled()

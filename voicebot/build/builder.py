@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from loguru import logger
-from pipecat.frames.frames import Frame, InputAudioRawFrame
+from pipecat.frames.frames import CancelFrame, EndFrame, Frame, InputAudioRawFrame, StartFrame
 from pipecat.observers.base_observer import BaseObserver
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker, ProcessorUnusablePolicy
@@ -20,6 +20,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from voicebot.build.context import BuildContext, Built
 from voicebot.build.kinds import FrameKind
+from voicebot.build.lane import attach_lane
 from voicebot.build.loader import PipelineSpec
 from voicebot.build.observers import filter_worker_observer, grouped
 from voicebot.build.registry import as_built
@@ -62,13 +63,27 @@ class CallerAudioStop(FrameProcessor):
     ignore them. Runs in direct mode: no queue and no task of its own.
     """
 
+    ends_caller_audio = True
+    """Marks the end of a :class:`~voicebot.build.lane.CallerAudioLane`."""
+
     def __init__(self) -> None:
         super().__init__(name="caller-audio-stop", enable_direct_mode=True)
+        self._running = False
+
+    @property
+    def running(self) -> bool:
+        """Whether the StartFrame has passed (every processor before it has started) and no
+        EndFrame or CancelFrame yet."""
+        return self._running
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
         if direction == FrameDirection.DOWNSTREAM and isinstance(frame, InputAudioRawFrame):
             return
+        if isinstance(frame, StartFrame):
+            self._running = True
+        elif isinstance(frame, (EndFrame, CancelFrame)):
+            self._running = False
         await self.push_frame(frame, direction)
 
 
@@ -130,8 +145,10 @@ def build_pipeline(
     """``input → processors → output → tail`` as one pipecat :class:`Pipeline`.
 
     ``input``/``output`` are the call's transport processors (or a test's source and sink).
+    An input that takes a :class:`~voicebot.build.lane.CallerAudioLane` is given the call's.
     """
     built = build_processors(spec, context)
+    attach_lane(input, built.processors)
     chain: list[FrameProcessor] = []
     if input is not None:
         chain.append(input)

@@ -49,6 +49,7 @@ from voicebot.server.sessions import start_call_session
 from voicebot.sessions.keys import check_call_id
 from voicebot.telemetry import telemetry_for
 from voicebot.transports.acs import ACS_SAMPLE_RATES, ACSMediaSerializer
+from voicebot.transports.websocket import CallWebsocketTransport
 
 router = APIRouter(tags=["media"])
 
@@ -282,14 +283,14 @@ async def media_stream(websocket: WebSocket) -> None:
 
 def call_transport(
     websocket: WebSocket, serializer: FrameSerializer, rate: int | None
-) -> FastAPIWebsocketTransport:
+) -> CallWebsocketTransport:
     """The transport of one call on ``websocket``: PCM16 audio both ways through ``serializer``.
 
     The output resamples once to the call's ``rate`` (None: the pipeline's) and cuts 20 ms
     frames, as ACS (and the browser page) expect; no trailing silence burst when the call ends.
     Origins are checked by the endpoint, not here.
     """
-    return FastAPIWebsocketTransport(
+    return CallWebsocketTransport(
         websocket,
         FastAPIWebsocketParams(
             serializer=serializer,

@@ -334,6 +334,9 @@ class SphinxSTTService(STTService):
     passes on downstream unchanged. An utterance that yields no words gives no final frame.
     """
 
+    caller_audio_lane = True
+    """Caller audio is handled as by ``STTService`` (see :mod:`voicebot.build.lane`)."""
+
     def __init__(
         self,
         *,

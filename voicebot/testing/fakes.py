@@ -137,6 +137,9 @@ class FakeSTTService(STTService):
         audio_bytes: Bytes of input audio (16-bit PCM) consumed so far.
     """
 
+    caller_audio_lane = True
+    """Caller audio is handled as by ``STTService`` (see :mod:`voicebot.build.lane`)."""
+
     def __init__(self, *, params: FakeSTTParams, **kwargs: Any) -> None:
         """Build the service from its script.
 

@@ -45,6 +45,7 @@ from pipecat.observers.base_observer import BaseObserver, FramePushed
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pydantic import BaseModel
 
+from voicebot.build.lane import CallerAudioLane
 from voicebot.build.loader import PipelineSpec, load_pipeline
 from voicebot.build.registry import Registry
 from voicebot.runner import CallOutcome, CallRunner
@@ -76,6 +77,22 @@ class _FirstPushObserver(BaseObserver):
             self.records.append((Recorded(data.frame, at, data.direction), data.source.name))
 
 
+class _CallerAudioInput(FrameProcessor):
+    """Where the harness's frames go in: passes frames on, and holds the call's caller-audio
+    lane (:mod:`voicebot.build.lane`), which caller audio takes as on a real call's transport."""
+
+    def __init__(self) -> None:
+        super().__init__(name="harness-input", enable_direct_mode=True)
+        self.lane: CallerAudioLane | None = None
+
+    def set_caller_audio_lane(self, lane: CallerAudioLane | None) -> None:
+        self.lane = lane
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        await self.push_frame(frame, direction)
+
+
 class CallHarness:
     """One call through a pipeline from YAML, driven by a test.
 
@@ -84,6 +101,11 @@ class CallHarness:
     Frames go in at the pipeline's start (where the transport input would be); what reaches the
     end (the transport output) is in :attr:`output`; every frame any processor pushed is in
     :attr:`frames`. Times are seconds since the pipeline started.
+
+    Caller audio (:meth:`speak`, :meth:`silence`) takes the path it takes on a phone call: through
+    the call's caller-audio lane where the pipeline has one (see :mod:`voicebot.build.lane`),
+    else through the pipeline's queues, as :meth:`send` does with any frame.
+    ``caller_audio_lane=False`` sends it through the queues always.
     """
 
     def __init__(
@@ -100,6 +122,7 @@ class CallHarness:
         call_id: str = "test-call",
         virtual_clock: bool = True,
         check_tasks: bool = True,
+        caller_audio_lane: bool = True,
     ) -> None:
         spec = (
             pipeline
@@ -114,10 +137,13 @@ class CallHarness:
         self.rate = spec.audio.in_rate
         self._sink = FrameRecorder()
         self._observer = _FirstPushObserver(lambda: self._sink.t0)
+        self._input = _CallerAudioInput()
+        self._use_lane = caller_audio_lane
         self._call = CallRunner(
             spec,
             call_id=call_id,
             resources=resources,
+            input=self._input,
             output=self._sink,
             observers=[self._observer],
         )
@@ -172,6 +198,11 @@ class CallHarness:
         return self._call
 
     @property
+    def caller_audio_lane(self) -> CallerAudioLane | None:
+        """The call's caller-audio lane, if its pipeline has one."""
+        return self._input.lane
+
+    @property
     def now(self) -> float:
         """Seconds since the harness started the call."""
         return asyncio.get_running_loop().time() - self._sink.t0
@@ -203,7 +234,12 @@ class CallHarness:
             due = start + index * frame_ms / 1000
             if (delay := due - loop.time()) > 0:
                 await asyncio.sleep(delay)
-            await self.send(InputAudioRawFrame(audio=chunk, sample_rate=self.rate, num_channels=1))
+            frame = InputAudioRawFrame(audio=chunk, sample_rate=self.rate, num_channels=1)
+            lane = self._input.lane if self._use_lane else None
+            if lane is not None and lane.open:
+                await lane.push(frame)
+            else:
+                await self.send(frame)
         end = start + len(pcm) / 2 / self.rate
         if (delay := end - loop.time()) > 0:
             await asyncio.sleep(delay)
