@@ -10,10 +10,14 @@ from pipecat.audio.vad.vad_analyzer import VADParams, VADState
 
 from voicebot.services.resources import SharedResources
 from voicebot.services.silero import (
+    BATCHER_KEY,
     SILENCE_PEAK,
     SharedSileroVADAnalyzer,
+    SileroBatcher,
     is_silence,
     shared_batcher,
+    shared_model,
+    shared_pool,
 )
 from voicebot.testing.wav import read_wav, sample, silence, split_frames
 
@@ -22,7 +26,14 @@ RATE = 16000
 
 @pytest.fixture(scope="module")
 def resources() -> SharedResources:
-    return SharedResources()
+    """The process's resources, with a batcher that does not wait for more windows: these
+    tests score one stream at a time, window after window."""
+    resources = SharedResources()
+    resources.get(
+        BATCHER_KEY,
+        lambda: SileroBatcher(shared_model(resources), shared_pool(resources), gather_secs=0),
+    )
+    return resources
 
 
 def _analyzer(resources: SharedResources, *, skip: bool) -> SharedSileroVADAnalyzer:
@@ -115,9 +126,7 @@ async def test_batched_scores_match_the_model_scoring_each_call_alone(
     for pcm in streams:
         model: SileroOnnxModel = batcher.call_model()
         audio = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
-        alone.append(
-            [model(audio[i * 512 : (i + 1) * 512], RATE).item() for i in range(windows)]
-        )
+        alone.append([model(audio[i * 512 : (i + 1) * 512], RATE).item() for i in range(windows)])
 
     models = [batcher.call_model() for _ in streams]
     before = batcher.batches

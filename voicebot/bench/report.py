@@ -69,6 +69,8 @@ def summarize(
     connected (``window_secs`` long); ``rss_idle`` before the first call.
     """
     v2v = [ms for r in results for ms in r.latencies_ms]
+    # turn index within the callers' script, for the turn's measured VAD stop
+    turn_of = [i for r in results for i in range(len(r.latencies_ms))]
     turns = sum(len(r.latencies_ms) for r in results)
     rss_per_call = None
     if rss_idle is not None and rss_loaded is not None and calls:
@@ -84,9 +86,15 @@ def summarize(
         "turns_unanswered": sum(ms is None for ms in v2v),
         "voice_to_voice_ms": percentiles(v2v),
         "overhead_ms": percentiles(
-            [None if ms is None else budget.overhead_ms(side, ms) for ms in v2v]
+            [
+                None if ms is None else budget.overhead_ms(side, ms, turn)
+                for ms, turn in zip(v2v, turn_of, strict=True)
+            ]
         ),
         "overhead_formula": budget.formula(side),
+        "overhead_fixed_stop_ms": percentiles(
+            [None if ms is None else budget.overhead_ms(side, ms) for ms in v2v]
+        ),
         "late_frames": sum(r.pacing.late_frames for r in results),
         "underruns": sum(r.pacing.underruns for r in results),
         "bot_frames": sum(r.pacing.frames for r in results),

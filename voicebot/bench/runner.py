@@ -29,8 +29,9 @@ from typing import Any
 
 from loguru import logger
 
-from voicebot.bench.budget import DeclaredLatency, Side
+from voicebot.bench.budget import DeclaredLatency, Side, measured_vad_stops
 from voicebot.bench.callers import (
+    LEAD_IN_MS,
     CallPlan,
     CallResult,
     place_calls_in_processes,
@@ -40,6 +41,7 @@ from voicebot.bench.callers import (
 from voicebot.bench.procstat import ProcessSampler
 from voicebot.bench.report import machine_info, ratios, summarize, table
 from voicebot.bench.servers import process_gone, running_server
+from voicebot.services.silero import SileroParams
 
 #: Turns the callers speak, in order (WAV samples shipped with voicebot).
 SAMPLES = ("help_bill", "balance", "hello")
@@ -95,6 +97,13 @@ def parse_counts(text: str) -> tuple[int, ...]:
     return counts
 
 
+def script_turns(config: BenchConfig) -> tuple[tuple[str, int], ...]:
+    """The turns every caller plays: the samples in order, as many as the duration holds."""
+    from voicebot.testing.wav import sample
+
+    return plan_turns([sample(name) for name in SAMPLES], config.duration_secs, config.pause_ms)
+
+
 def make_plans(
     calls: int,
     urls: Sequence[tuple[str, str]],
@@ -103,9 +112,8 @@ def make_plans(
     min_answer_ms: float,
 ) -> list[CallPlan]:
     """One plan per ``(url, call id)``; starts spread evenly over the stagger."""
-    from voicebot.testing.wav import sample
 
-    turns = plan_turns([sample(name) for name in SAMPLES], config.duration_secs, config.pause_ms)
+    turns = script_turns(config)
     cycle = sum(wav_secs(path) + pause / 1000 for path, pause in turns) / len(turns)
     step = config.stagger_for(calls, cycle) / calls
     return [
@@ -229,7 +237,12 @@ async def run_bench(config: BenchConfig) -> dict[str, Any]:
     """Every step, every side; the full report (see the README of ``benchmarks/``)."""
     from voicebot.build.loader import load_pipeline
 
-    budget = DeclaredLatency.from_spec(load_pipeline(config.pipeline))
+    spec = load_pipeline(config.pipeline)
+    budget = DeclaredLatency.from_spec(spec)
+    # Each turn's VAD stop, measured on the script the callers will play (see budget.py).
+    vad = spec.step("vad").params
+    assert isinstance(vad, SileroParams)
+    budget = budget.with_vad_stops(await measured_vad_stops(script_turns(config), LEAD_IN_MS, vad))
     report: dict[str, Any] = {
         "machine": {**machine_info(), "load_average_before": machine_info()["load_average"]},
         "config": {

@@ -12,10 +12,18 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from loguru import logger
-from pipecat.frames.frames import CancelFrame, EndFrame, Frame, InputAudioRawFrame, StartFrame
+from pipecat.frames.frames import (
+    CancelFrame,
+    EndFrame,
+    Frame,
+    InputAudioRawFrame,
+    OutputAudioRawFrame,
+    StartFrame,
+)
 from pipecat.observers.base_observer import BaseObserver
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker, ProcessorUnusablePolicy
+from pipecat.processors.aggregators.llm_response_universal import LLMAssistantAggregator
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from voicebot.build.context import BuildContext, Built
@@ -87,6 +95,25 @@ class CallerAudioStop(FrameProcessor):
         await self.push_frame(frame, direction)
 
 
+class BotAudioStop(FrameProcessor):
+    """Drops bot audio (``OutputAudioRawFrame``, TTS audio included) going downstream past the
+    transport output; passes everything else.
+
+    The output transport passes on every 20 ms chunk it has sent; after it come only the
+    assistant aggregators, which ignore audio. Runs in direct mode: no queue, no task. Observers
+    still see each chunk leave the transport output.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(name="bot-audio-stop", enable_direct_mode=True)
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if direction == FrameDirection.DOWNSTREAM and isinstance(frame, OutputAudioRawFrame):
+            return
+        await self.push_frame(frame, direction)
+
+
 def last_audio_consumer(spec: PipelineSpec) -> int | None:
     """Index of the last step that may read caller audio (its kinds say so, or are unknown)."""
     found = None
@@ -144,6 +171,9 @@ def build_pipeline(
 ) -> Pipeline:
     """``input → processors → output → tail`` as one pipecat :class:`Pipeline`.
 
+    Bot audio stops after the output where the tail is assistant aggregators only
+    (:class:`BotAudioStop`).
+
     ``input``/``output`` are the call's transport processors (or a test's source and sink).
     An input that takes a :class:`~voicebot.build.lane.CallerAudioLane` is given the call's.
     """
@@ -155,6 +185,8 @@ def build_pipeline(
     chain.extend(built.processors)
     if output is not None:
         chain.append(output)
+        if built.tail and all(isinstance(p, LLMAssistantAggregator) for p in built.tail):
+            chain.append(BotAudioStop())
     chain.extend(built.tail)
     return Pipeline(chain)
 

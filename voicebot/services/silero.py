@@ -84,9 +84,17 @@ def shared_pool(resources: SharedResources) -> ThreadPoolExecutor:
 
 
 def shared_batcher(resources: SharedResources) -> SileroBatcher:
-    """The process's :class:`SileroBatcher` (on the shared model and pool)."""
+    """The process's :class:`SileroBatcher` (on the shared model and pool).
+
+    ``VOICEBOT_VAD_BATCH_MS`` sets how long a batch gathers windows (default 5 ms; 0: a batch
+    takes what is queued when the event loop next runs its callbacks).
+    """
+    gather_ms = float(os.environ.get("VOICEBOT_VAD_BATCH_MS", "5"))
     return resources.get(
-        BATCHER_KEY, lambda: SileroBatcher(shared_model(resources), shared_pool(resources))
+        BATCHER_KEY,
+        lambda: SileroBatcher(
+            shared_model(resources), shared_pool(resources), gather_secs=gather_ms / 1000
+        ),
     )
 
 
@@ -102,9 +110,13 @@ class _Window:
 class SileroBatcher:
     """Scores the 32 ms windows of many calls in one ONNX run per batch.
 
-    :meth:`score` queues a call's window and waits for its speech probability. Windows queued
-    while the event loop works through one round of ready callbacks form a batch; while a
-    batch runs (on a thread of ``executor``, releasing the GIL), the next one gathers. Each
+    :meth:`score` queues a call's window and waits for its speech probability. A batch starts
+    ``gather_secs`` after the first window of it was queued (or at once with ``max_batch``
+    waiting) and takes every window queued by then; while it runs (on a thread of
+    ``executor``, releasing the GIL), the next one gathers. A window thus waits at most
+    ``gather_secs`` plus one run before it is scored — against a VAD's 200 ms stop time — and
+    in exchange costs a third of what it costs alone (about 90 µs in batches of 8, 240 µs
+    alone, model and bookkeeping together). Each
     window carries its call's recurrent state and context, which the batch reads and writes
     back, so every call's stream is scored as if alone (up to float rounding) — calls must only
     never have two windows queued at once, which holds as each awaits its windows in order.
@@ -113,13 +125,19 @@ class SileroBatcher:
     """
 
     def __init__(
-        self, model: SileroOnnxModel, executor: ThreadPoolExecutor, *, max_batch: int = 64
+        self,
+        model: SileroOnnxModel,
+        executor: ThreadPoolExecutor,
+        *,
+        max_batch: int = 64,
+        gather_secs: float = 0.005,
     ) -> None:
         self.model = model
         """The shared model; calls score with copies of it (see :meth:`call_model`)."""
         self._session = model.session
         self._executor = executor
         self._max_batch = max_batch
+        self._gather_secs = gather_secs
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopQueue] = (
             weakref.WeakKeyDictionary()
         )
@@ -142,13 +160,17 @@ class SileroBatcher:
             queue = self._loops[loop] = _LoopQueue()
         window = _Window(model, pcm, sample_rate, loop.create_future())
         queue.waiting.append(window)
-        if not queue.running and not queue.scheduled:
-            queue.scheduled = True
-            loop.call_soon(self._launch, loop, queue)
+        if not queue.running:
+            if len(queue.waiting) >= self._max_batch:
+                if queue.timer is not None:
+                    queue.timer.cancel()
+                self._launch(loop, queue)
+            elif queue.timer is None:
+                queue.timer = loop.call_later(self._gather_secs, self._launch, loop, queue)
         return await window.future
 
     def _launch(self, loop: asyncio.AbstractEventLoop, queue: _LoopQueue) -> None:
-        queue.scheduled = False
+        queue.timer = None
         waiting = [w for w in queue.waiting if not w.future.done()]  # cancelled: call gone
         if not waiting:
             queue.waiting.clear()
@@ -180,9 +202,9 @@ class SileroBatcher:
             for window, confidence in zip(batch, done.result(), strict=True):
                 if not window.future.done():
                     window.future.set_result(confidence)
-        if queue.waiting and not queue.scheduled:
-            queue.scheduled = True
-            loop.call_soon(self._launch, loop, queue)
+        if queue.waiting and queue.timer is None:
+            # These gathered while the batch ran: go now.
+            self._launch(loop, queue)
 
     def _fail(self, batch: list[_Window], exc: BaseException) -> None:
         # As pipecat's analyzer does with a failed window: log it and call it silence.
@@ -228,7 +250,7 @@ class SileroBatcher:
 @dataclass
 class _LoopQueue:
     waiting: list[_Window] = field(default_factory=list)
-    scheduled: bool = False
+    timer: asyncio.TimerHandle | None = None
     running: bool = False
 
 

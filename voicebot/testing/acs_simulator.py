@@ -43,6 +43,18 @@ from websockets.exceptions import ConnectionClosed
 
 from voicebot.testing.wav import frame_bytes, read_wav, split_frames, write_wav
 
+VOICED_DBFS = -45.0
+"""Default RMS level (dBFS) at or above which a 20 ms frame counts as voiced."""
+
+
+def is_voiced(pcm: bytes, threshold_dbfs: float = VOICED_DBFS) -> bool:
+    """Whether 16-bit PCM ``pcm`` has an RMS level of at least ``threshold_dbfs``."""
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    if samples.size == 0:
+        return False
+    rms = math.sqrt(float(np.mean(samples * samples)))
+    return rms > 0 and 20 * math.log10(rms / 32768) >= threshold_dbfs
+
 ACS_SAMPLE_RATES = (16000, 24000)
 """Call rates ACS streams, in Hz."""
 
@@ -153,7 +165,7 @@ class ACSCallSimulator:
         sample_rate: int = 16000,
         participant_raw_id: str = "4:+15551234567",
         headers: Mapping[str, str] | None = None,
-        silence_threshold_dbfs: float = -45.0,
+        silence_threshold_dbfs: float = VOICED_DBFS,
         open_timeout: float = 10.0,
         send_timeout: float = 5.0,
         close_timeout: float = 5.0,
@@ -506,11 +518,7 @@ class ACSCallSimulator:
         return max(0, math.ceil(ms / FRAME_MS))
 
     def _voiced(self, pcm: bytes) -> bool:
-        samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
-        if samples.size == 0:
-            return False
-        rms = math.sqrt(float(np.mean(samples * samples)))
-        return rms > 0 and 20 * math.log10(rms / 32768) >= self._threshold_dbfs
+        return is_voiced(pcm, self._threshold_dbfs)
 
     def _has_voice(self, pcm: bytes) -> bool:
         return any(
