@@ -55,6 +55,7 @@ def is_voiced(pcm: bytes, threshold_dbfs: float = VOICED_DBFS) -> bool:
     rms = math.sqrt(float(np.mean(samples * samples)))
     return rms > 0 and 20 * math.log10(rms / 32768) >= threshold_dbfs
 
+
 ACS_SAMPLE_RATES = (16000, 24000)
 """Call rates ACS streams, in Hz."""
 
