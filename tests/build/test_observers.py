@@ -168,3 +168,96 @@ async def test_members_are_set_up_with_the_groups_task_manager() -> None:
     manager = TaskManager()
     await ObserverGroup([a, b]).setup(manager)
     assert a.manager is manager and b.manager is manager
+
+
+async def test_a_push_gate_keeps_frames_out_unless_another_observer_wants_them() -> None:
+    """A real pipeline: a gated observer gets the frames its gate lets through; an ungated
+    member of the same group still gets what it declares; the gate sees every push."""
+    from pipecat.frames.frames import EndFrame, TranscriptionFrame
+    from pipecat.pipeline.pipeline import Pipeline
+    from pipecat.pipeline.worker import PipelineWorker
+    from pipecat.workers.runner import WorkerRunner
+
+    class Gated(BaseObserver):
+        frame_types = (TextFrame,)
+
+        def __init__(self) -> None:
+            super().__init__(observe_every_push=False)
+            self.asked: list[str] = []
+            self.seen: list[str] = []
+
+        def push_gate(self, frame: Frame) -> bool:
+            assert isinstance(frame, TextFrame)
+            self.asked.append(frame.text)
+            return frame.text.startswith("keep")
+
+        async def on_push_frame(self, data: FramePushed) -> None:
+            assert isinstance(data.frame, TextFrame)
+            self.seen.append(data.frame.text)
+
+    class Transcripts(BaseObserver):
+        frame_types = (TranscriptionFrame,)
+
+        def __init__(self) -> None:
+            super().__init__(observe_every_push=False)
+            self.seen: list[str] = []
+
+        async def on_push_frame(self, data: FramePushed) -> None:
+            if isinstance(data.frame, TranscriptionFrame):  # a group passes what any wants
+                self.seen.append(data.frame.text)
+
+    class Passing(FrameProcessor):
+        async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+            await super().process_frame(frame, direction)
+            await self.push_frame(frame, direction)
+
+    gated, transcripts = Gated(), Transcripts()
+    group = ObserverGroup([gated, transcripts])
+    assert hasattr(group, "push_gate") and not hasattr(ObserverGroup([transcripts]), "push_gate")
+    worker = PipelineWorker(
+        Pipeline([Passing(), Passing()]),
+        observers=[group],
+        enable_rtvi=False,
+        enable_turn_tracking=False,
+    )
+    assert filter_worker_observer(worker)
+    said = TranscriptionFrame("said", "u", "t")  # a TextFrame the ungated member wants
+    frames = [TextFrame("keep 1"), TextFrame("drop"), said, TextFrame("keep 2"), EndFrame()]
+    await worker.queue_frames(frames)
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(worker)
+    await asyncio.wait_for(runner.run(), 10)
+
+    assert gated.seen == ["keep 1", "said", "keep 2"]  # "said" passed for the other member
+    assert transcripts.seen == ["said"]
+    # asked at every push of each frame, in order
+    assert [t for i, t in enumerate(gated.asked) if t not in gated.asked[:i]] == [
+        "keep 1", "drop", "said", "keep 2"
+    ]  # fmt: skip
+    assert gated.asked.count("drop") >= 2  # every hop through the pipeline
+
+
+def test_the_call_observer_lets_through_only_the_first_tts_chunk_of_each_answer() -> None:
+    from pipecat.frames.frames import (
+        OutputAudioRawFrame,
+        TTSAudioRawFrame,
+        TTSStartedFrame,
+        TTSStoppedFrame,
+    )
+
+    from voicebot.telemetry.observer import CallObserver
+
+    def tts() -> TTSAudioRawFrame:
+        return TTSAudioRawFrame(audio=bytes(640), sample_rate=16000, num_channels=1)
+
+    def out() -> OutputAudioRawFrame:
+        return OutputAudioRawFrame(audio=bytes(640), sample_rate=16000, num_channels=1)
+
+    observer = CallObserver("c1")
+    frames: list[Frame] = [tts(), TTSStartedFrame(), tts(), tts(), out(), TTSStoppedFrame()]
+    frames += [TTSStartedFrame(), out(), tts(), tts()]
+    passed = [observer.push_gate(f) for f in frames]
+    assert passed == [False, True, True, False, False, True, True, False, True, False]
+    # without an output transport (tests, offline simulation) the first bot audio marks the
+    # answer: no gate at all
+    assert not hasattr(CallObserver("c2", output_transport=False), "push_gate")

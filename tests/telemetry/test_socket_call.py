@@ -55,5 +55,8 @@ async def test_server_latency_matches_the_callers(
     assert turn.voice_to_voice_ms == pytest.approx(heard.latency_ms, abs=150)
     assert turn.voice_to_voice_ms == pytest.approx(sum(turn.stages_ms.values()), abs=1e-6)
     assert (turn.stt_ms, turn.llm_ms) == (pytest.approx(150, abs=15), pytest.approx(300, abs=15))
+    # the TTS's first byte reaches the observer through its push gate (the rest of the answer's
+    # chunks do not)
+    assert turn.tts_ms == pytest.approx(150, abs=15)
     (turn_span,) = by_name(exporter.get_finished_spans(), "turn")
     assert turn_span.attributes["voicebot.latency.voice_to_voice_ms"] == turn.voice_to_voice_ms  # type: ignore[index]

@@ -13,6 +13,14 @@ Most frames interest no observer: a call's 50 caller-audio frames a second are l
 of voicebot's. An observer that declares the frames it handles (a ``frame_types`` tuple) lets
 :func:`filter_worker_observer` drop every other frame before pipecat queues it — no event object
 kept, no queue, no task woken. Observers that declare nothing see every frame, as in pipecat.
+
+An observer that needs a frequent frame only now and then (the first bot audio chunk of an
+answer, not the 50 a second after it) also gives a ``push_gate(frame) -> bool``: it is called
+as each frame of a declared type is pushed, before anything is queued, and a frame it answers
+False for is not queued for it (unless another observer of the call wants it: a group passes its
+members every frame one of them wants, and each ignores what it does not handle). The gate runs
+at push time, ahead of the observer's own task, so it must keep what it decides on itself (it
+sees every push of its types, in order).
 """
 
 from __future__ import annotations
@@ -46,6 +54,9 @@ class ObserverGroup(BaseObserver):
         self._processed = [o for o in observers if _overrides(o, "on_process_frame")]
         self.frame_types = frames_wanted(observers)
         """The frames some member handles, or None when a member takes every frame."""
+        gates = PushGates(observers)
+        if gates:  # a group is gated only if some member is
+            self.push_gate = gates
 
     @property
     def handles_processing(self) -> bool:
@@ -89,6 +100,36 @@ class ObserverGroup(BaseObserver):
             logger.exception(f"observer {observer} failed: {exc!r}")
 
 
+class PushGates:
+    """The push gates of some observers: whether one of them wants a frame now.
+
+    True for a frame an observer without a gate wants by its type, or that a gate of an observer
+    wanting the type lets through. Every such gate is asked, whatever the others say, so each
+    sees every push of its types. False (as a whole) when no observer has a gate.
+    """
+
+    def __init__(self, observers: Sequence[BaseObserver]) -> None:
+        gated = [o for o in observers if hasattr(o, "push_gate")]
+        self._gates = [(o.push_gate, frames_wanted([o])) for o in gated]
+        self._ungated = frames_wanted([o for o in observers if not hasattr(o, "push_gate")])
+        self._always: dict[type[Frame], bool] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._gates)
+
+    def __call__(self, frame: Frame) -> bool:
+        kind = type(frame)
+        always = self._always.get(kind)
+        if always is None:
+            ungated = self._ungated
+            always = self._always[kind] = ungated is None or issubclass(kind, ungated)
+        passed = always
+        for gate, types in self._gates:
+            if types is None or isinstance(frame, types):
+                passed = gate(frame) or passed
+        return passed
+
+
 def _overrides(observer: BaseObserver, name: str) -> bool:
     """Whether ``observer``'s class implements ``name`` itself rather than inheriting a no-op."""
     return getattr(type(observer), name) is not getattr(BaseObserver, name)
@@ -127,6 +168,7 @@ class FilteringWorkerObserver(WorkerObserver):
         self._wanted = wanted
         self._wants: dict[type[Frame], bool] = {}
         self._processing = any(_handles_processing(o) for o in observers)
+        self._gates = PushGates(observers)
 
     def _wanted_frame(self, frame: Frame) -> bool:
         kind = type(frame)
@@ -136,7 +178,7 @@ class FilteringWorkerObserver(WorkerObserver):
         return wants
 
     async def on_push_frame(self, data: FramePushed) -> None:
-        if self._wanted_frame(data.frame):
+        if self._wanted_frame(data.frame) and (not self._gates or self._gates(data.frame)):
             await super().on_push_frame(data)
 
     async def on_process_frame(self, data: FrameProcessed) -> None:

@@ -227,8 +227,25 @@ class CallObserver(BaseObserver):
         self.frame_types = tuple(kind for kind, handler in self._rules if handler is not None)
         """The frames this observer handles (the rest are not passed to it; see
         :mod:`voicebot.build.observers`)."""
+        self._first_tts_audio_due = False
+        if output_transport:
+            # Bot audio matters only for the TTS's first byte (the answer is marked by
+            # BotStartedSpeakingFrame): the rest of each answer's 50 chunks a second stay out.
+            self.push_gate = self._push_gate
 
     # -- the per-frame path ----------------------------------------------------------------
+
+    def _push_gate(self, frame: Frame) -> bool:
+        """At push time: bot audio only up to the first TTS chunk after each ``TTSStartedFrame``
+        (see :mod:`voicebot.build.observers`); every other frame."""
+        if not isinstance(frame, OutputAudioRawFrame):
+            if isinstance(frame, TTSStartedFrame):
+                self._first_tts_audio_due = True
+            return True
+        if isinstance(frame, TTSAudioRawFrame) and self._first_tts_audio_due:
+            self._first_tts_audio_due = False
+            return True
+        return False
 
     async def on_push_frame(self, data: FramePushed) -> None:
         kind = type(data.frame)
