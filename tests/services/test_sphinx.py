@@ -197,9 +197,12 @@ async def test_bank_turns_come_back_with_their_key_words_partials_first(
             heard = words(final.frame.text)  # type: ignore[attr-defined]
             assert all(word in heard for word in expected), (name, final.frame)
             assert isinstance(final.frame, TranscriptionFrame) and final.frame.finalized
-            # Partials grow while the caller speaks, well before the end of speech.
+            # Partials grow while the caller speaks: the first comes before the speech ended,
+            # which the VAD reports stop_secs (0.2 s) later. (Decoding runs on a thread in real
+            # time while the harness's clock is virtual, so how far ahead it comes depends on
+            # the machine's load: 0.26 s on a busy CI run, 0.5 s and more when idle.)
             assert len(interims) >= 2, name
-            assert interims[0].at < stop - 0.5
+            assert interims[0].at < stop - 0.2
             assert final.at >= stop
             latencies.append(final.at - stop)
     assert len(call.transcripts) == 4
