@@ -3,9 +3,9 @@
 pipecat's ``SileroVADAnalyzer`` loads its own model (≈10 MB, ≈30 ms on the event loop), starts
 its own thread for every call and hops to it with every 20 ms frame. Here every call shares the
 process's ONNX session, and a :class:`SileroBatcher` scores the 32 ms windows of all calls that
-are due at the same moment in one ONNX run, on a thread of the process's pool: one thread hop per
-batch instead of one per frame and call, and about half the model's time per window (Silero takes
-a batch dimension: 120 µs for one window, ~65 µs a window in batches of 8 or more). Each call
+fall due within a few ms of each other in one ONNX run, on a thread of the process's pool: one
+thread hop per batch instead of one per frame and call, and a third of the time per window
+(Silero takes a batch dimension). Each call
 keeps only its recurrent state, its audio buffer and its VAD state machine, which runs on the
 event loop; the thresholds, smoothing and state machine are pipecat's own.
 
@@ -118,10 +118,10 @@ class SileroBatcher:
     ``executor``, releasing the GIL), the next one gathers. A window thus waits at most
     ``gather_secs`` plus one run before it is scored — against a VAD's 200 ms stop time — and
     in exchange costs a third of what it costs alone (about 90 µs in batches of 8, 240 µs
-    alone, model and bookkeeping together). Each
-    window carries its call's recurrent state and context, which the batch reads and writes
-    back, so every call's stream is scored as if alone (up to float rounding) — calls must only
-    never have two windows queued at once, which holds as each awaits its windows in order.
+    alone, model and bookkeeping together). Each window carries its call's recurrent state and
+    context, which the batch reads and writes back, so every call's stream is scored as if alone
+    (up to float rounding) — calls must only never have two windows queued at once, which holds
+    as each awaits its windows in order.
     One batch runs at a time per event loop; windows at 8 kHz and at 16 kHz go in separate
     batches.
     """
